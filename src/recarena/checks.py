@@ -1,0 +1,104 @@
+"""Start-up checks: an invalid combination of options fails here, before any data is read or downloaded.
+
+Each check names the option that is wrong and the choices that would work, reading the choices from the config
+groups themselves (``conf/loss/*.yaml``, the release registry), so adding a family or a loss needs no edit here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ConfigError(ValueError):
+    """An option or a combination of options that cannot work; the message says which and what to use."""
+
+
+def _group_targets(group: str) -> dict[str, str]:
+    """``{option name: _target_}`` of every YAML in ``conf/<group>/``."""
+    targets = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        target = OmegaConf.load(path).get("_target_")
+        if target:
+            targets[path.stem] = target
+    return targets
+
+
+def compatible_losses(model_target: str) -> list[str]:
+    """Names of the ``loss=`` options whose needs the family provides."""
+    provides = get_class(model_target).provides
+    return [name for name, target in _group_targets("loss").items() if get_class(target).needs <= provides]
+
+
+def check_model_and_loss(cfg: DictConfig) -> None:
+    model_cls = get_class(cfg.model._target_)
+    loss_cls = get_class(cfg.loss._target_)
+    if not loss_cls.needs <= model_cls.provides:
+        model_name = option_name(cfg, "model", model_cls.__name__)
+        loss_name = option_name(cfg, "loss", loss_cls.__name__)
+        raise ConfigError(
+            f"model={model_name} cannot be trained with loss={loss_name} (it needs "
+            f"{', '.join(sorted(loss_cls.needs - model_cls.provides))}). "
+            f"Losses that fit model={model_name}: {', '.join(compatible_losses(cfg.model._target_))}."
+        )
+
+
+def check_split(cfg: DictConfig) -> None:
+    model_cls = get_class(cfg.model._target_)
+    if cfg.split.name == "users" and model_cls.needs_user_ids:
+        raise ConfigError(
+            f"split=users holds out whole users, but model={option_name(cfg, 'model', model_cls.__name__)} learns one "
+            "embedding per training user id and cannot score users it never saw. Use a family that builds users "
+            "from features, or another split (temporal, time_cutoff, random, leave_one_out)."
+        )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer=gpu but no CUDA GPU is visible to torch (torch.cuda.is_available() is False, torch "
+            f"{torch.__version__}). Use trainer=cpu, or install a CUDA build of torch on a machine with a GPU."
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer=mps but Apple's MPS backend is not available here. Use trainer=cpu.")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if "16" in precision and accelerator == "cpu" and precision != "bf16-mixed":
+        raise ConfigError(f"trainer.precision={precision} needs a GPU; on the CPU use 32-true or bf16-mixed.")
+
+
+def check_data(cfg: DictConfig) -> None:
+    from recarena.data.sources import RELEASES  # light import: the registry only
+
+    known = sorted([*RELEASES, "synthetic", "custom"])
+    if cfg.data.name not in known:
+        raise ConfigError(f"unknown dataset data.name={cfg.data.name!r}; known: {', '.join(known)}.")
+
+
+def check_eval(cfg: DictConfig) -> None:
+    ks = list(cfg.eval.ks)
+    if not ks or any(int(k) <= 0 for k in ks):
+        raise ConfigError(f"eval.ks must be a non-empty list of positive cut-offs, got {ks}.")
+    if int(cfg.batch_size) <= 0:
+        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Run every start-up check; raises :class:`ConfigError` on the first problem."""
+    check_model_and_loss(cfg)
+    check_split(cfg)
+    check_accelerator(cfg)
+    check_data(cfg)
+    check_eval(cfg)
+
+
+def option_name(cfg: DictConfig, group: str, default: str = "?") -> str:
+    """The option name (``mf``) whose ``_target_`` the config uses, found in ``conf/<group>/``."""
+    target = cfg[group]._target_
+    names = [name for name, t in _group_targets(group).items() if t == target]
+    return names[0] if names else default

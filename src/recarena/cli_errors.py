@@ -1,0 +1,24 @@
+"""User errors end a command with one clear line and exit code 2, not a traceback (``RECARENA_DEBUG=1`` shows it)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from recarena.checks import ConfigError
+from recarena.data.corpus import DataError
+
+USER_ERRORS = (ConfigError, DataError)
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    try:
+        yield
+    except USER_ERRORS as error:
+        if os.environ.get("RECARENA_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

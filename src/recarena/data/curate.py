@@ -1,0 +1,148 @@
+"""Dataset curation: the "dataset size" knobs of ``conf/data/curation/*.yaml``, applied before splitting.
+
+The knobs run in ONE pass, in this fixed order, each on what the previous ones left:
+
+1. ``min_item_ratings``: drop movies with fewer ratings;
+2. ``min_item_mean``: drop movies whose mean rating is lower (the mean over all their ratings; step 1
+   removes whole movies, so it does not change any remaining movie's mean);
+3. ``min_user_ratings``: drop users with fewer ratings *counted after the item filters*;
+4. ``max_users``: keep a uniform sample of that many users (without replacement);
+5. ``fraction``: keep a uniform sample of that share of the remaining ratings.
+
+Why one pass and not a fixed point: the order is easy to state and reproduce, and iterating would keep
+shrinking the data in ways no one chose. The price: after step 3 (and 4, 5) some movie may again have fewer
+than ``min_item_ratings`` ratings, and after 5 a user fewer than ``min_user_ratings``. The split's
+``min_user_ratings`` keeps such users out of evaluation.
+
+Sampling is deterministic under the seed (``seed`` of the config, else the run seed); steps 4 and 5 draw from
+separate streams of it, so changing one knob does not reshuffle the other's draw on the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from recarena.data.corpus import Corpus, DataError
+
+#: Bump when the meaning of a knob changes, so curated caches keyed by :func:`curation_key` are rebuilt.
+CURATION_VERSION = 1
+
+_DEFAULTS: dict[str, Any] = {
+    "min_item_ratings": 0,
+    "min_user_ratings": 0,
+    "min_item_mean": None,
+    "max_users": None,
+    "fraction": 1.0,
+    "seed": None,
+}
+
+
+def _knobs(cfg: Mapping) -> dict[str, Any]:
+    """The knobs with defaults filled in and checked, so an invalid value fails before any work."""
+    k = {name: cfg.get(name, default) if cfg is not None else default for name, default in _DEFAULTS.items()}
+    for name in ("min_item_ratings", "min_user_ratings"):
+        k[name] = int(k[name] or 0)
+        if k[name] < 0:
+            raise ValueError(f"data.curation.{name} must be >= 0, got {k[name]}")
+    if k["min_item_mean"] is not None:
+        k["min_item_mean"] = float(k["min_item_mean"])
+    if k["max_users"] is not None:
+        k["max_users"] = int(k["max_users"])
+        if k["max_users"] < 1:
+            raise ValueError(f"data.curation.max_users must be >= 1 or null, got {k['max_users']}")
+    k["fraction"] = float(1.0 if k["fraction"] is None else k["fraction"])
+    if not 0.0 < k["fraction"] <= 1.0:
+        raise ValueError(f"data.curation.fraction must be in (0, 1], got {k['fraction']}")
+    return k
+
+
+def _active(k: Mapping[str, Any]) -> bool:
+    return bool(
+        k["min_item_ratings"] > 0
+        or k["min_user_ratings"] > 0
+        or k["min_item_mean"] is not None
+        or k["max_users"] is not None
+        or k["fraction"] < 1.0
+    )
+
+
+def _samples(k: Mapping[str, Any]) -> bool:
+    """Whether any knob draws at random (only then does the seed matter)."""
+    return k["max_users"] is not None or k["fraction"] < 1.0
+
+
+def _seed(k: Mapping[str, Any], seed: int) -> int:
+    return int(seed if k["seed"] is None else k["seed"])
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    # SeedSequence needs non-negative entropy; the modulus keeps negative run seeds usable and distinct.
+    return np.random.default_rng(np.random.SeedSequence([seed % 2**63, stream]))
+
+
+def curation_key(cfg: Mapping, seed: int) -> str:
+    """A short stable key of the curation's effect, for cache paths: ``"none"`` when no knob is active.
+
+    The seed enters only when a knob samples, so filter-only curations share one cache across run seeds.
+    """
+    k = _knobs(cfg)
+    if not _active(k):
+        return "none"
+    payload = {name: k[name] for name in _DEFAULTS if name != "seed"}
+    payload["seed"] = _seed(k, seed) if _samples(k) else None
+    payload["version"] = CURATION_VERSION
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def curate(corpus: Corpus, cfg: Mapping, seed: int) -> Corpus:
+    """Apply the curation knobs in the documented order; the corpus itself when none is active.
+
+    Raises:
+        DataError: when a knob leaves no rating, naming that knob.
+    """
+    k = _knobs(cfg)
+    if not _active(k):
+        return corpus
+    seed = _seed(k, seed)
+    rows = np.arange(corpus.n_ratings, dtype=np.int64)
+
+    def keep(mask: np.ndarray, knob: str) -> np.ndarray:
+        kept = rows[mask]
+        if not len(kept):
+            raise DataError(
+                f"data.curation.{knob}={k[knob]} removed every remaining rating of {corpus.name} "
+                f"({len(rows)} before it): relax that option (curation order: min_item_ratings, min_item_mean, "
+                f"min_user_ratings, max_users, fraction)."
+            )
+        return kept
+
+    if k["min_item_ratings"] > 0:
+        counts = np.bincount(corpus.items[rows], minlength=corpus.n_items)
+        rows = keep(counts[corpus.items[rows]] >= k["min_item_ratings"], "min_item_ratings")
+    if k["min_item_mean"] is not None:
+        items = corpus.items[rows]
+        sums = np.bincount(items, weights=corpus.ratings[rows].astype(np.float64), minlength=corpus.n_items)
+        counts = np.bincount(items, minlength=corpus.n_items)
+        means = sums / np.maximum(counts, 1)
+        rows = keep(means[items] >= k["min_item_mean"], "min_item_mean")
+    if k["min_user_ratings"] > 0:
+        counts = np.bincount(corpus.users[rows], minlength=corpus.n_users)
+        rows = keep(counts[corpus.users[rows]] >= k["min_user_ratings"], "min_user_ratings")
+    if k["max_users"] is not None:
+        present = np.unique(corpus.users[rows])
+        if len(present) > k["max_users"]:
+            chosen = np.zeros(corpus.n_users, dtype=bool)
+            chosen[_rng(seed, 1).choice(present, size=k["max_users"], replace=False)] = True
+            rows = keep(chosen[corpus.users[rows]], "max_users")
+    if k["fraction"] < 1.0:
+        # Round half up; the sample is sorted back to file order, which breaks timestamp ties in the splits.
+        n = int(np.floor(k["fraction"] * len(rows) + 0.5))
+        picked = np.zeros(len(rows), dtype=bool)
+        picked[_rng(seed, 2).choice(len(rows), size=n, replace=False)] = True
+        rows = keep(picked, "fraction")
+    return corpus.subset(rows)

@@ -1,0 +1,150 @@
+"""One LightningDataModule for every family: corpus -> curation -> split -> training view + evaluation data.
+
+Every family trains on a view of the same split and is evaluated on the same held-out data, which is what makes
+a leaderboard fair. The split is made before any statistic is computed (item popularity, the global mean), and
+those statistics use the training part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from recarena.data.sources import load_corpus
+from torch.utils.data import DataLoader
+
+from recarena.data.corpus import Corpus
+from recarena.data.curate import curate, curation_key
+from recarena.data.splits import Split, load_or_make_split, split_stats
+from recarena.data.views import ShuffledBatches
+from recarena.evaluation.heldout import EvalData
+from recarena.models.base import Schema
+
+log = logging.getLogger(__name__)
+
+#: Training views the datamodule can serve (``Loss.view``); later families add theirs here.
+VIEWS = ("pairs",)
+
+
+def corpus_key(corpus: Corpus) -> str:
+    """Content hash of the ratings: names the split cache, so a changed corpus never reuses an old split."""
+    if "cache_key" in corpus.extra:
+        return str(corpus.extra["cache_key"])
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (corpus.users, corpus.items, corpus.ratings, corpus.timestamps):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+class MovieLensDataModule(L.LightningDataModule):
+    """Loads, curates and splits a release once; serves training views and evaluation user-chunks.
+
+    Args:
+        data: the ``data=`` config (source, cache dir, curation).
+        split: the ``split=`` config.
+        seed: run seed (seeds curation sampling and the split unless they set their own).
+        batch_size: rows per training batch.
+        view: the training view the loss asks for (``Loss.view``).
+        user_chunk: users per evaluation batch (scores are user_chunk x n_items).
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        split: Mapping[str, Any],
+        seed: int = 42,
+        batch_size: int = 1024,
+        view: str = "pairs",
+        user_chunk: int = 2048,
+    ) -> None:
+        super().__init__()
+        if view not in VIEWS:
+            raise ValueError(f"unknown training view {view!r}; known: {', '.join(VIEWS)}")
+        self.data_cfg = data
+        self.split_cfg = split
+        self.seed = seed
+        self.batch_size = batch_size
+        self.view = view
+        self.user_chunk = user_chunk
+        self.corpus: Corpus | None = None
+        self.split: Split | None = None
+        self.stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading
+    def prepare_data(self) -> None:
+        """Download and parse once (rank 0 only under DDP); ``setup`` then reads the cache."""
+        load_corpus(self.data_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        raw = load_corpus(self.data_cfg)
+        curation = self.data_cfg.get("curation") or {}
+        corpus = curate(raw, curation, self.seed)
+        cache_dir = Path(str(self.data_cfg["cache_dir"])).expanduser()
+        key = f"{corpus_key(raw)}-{curation_key(curation, self.seed)}"
+        self.split = load_or_make_split(corpus, self.split_cfg, self.seed, cache_dir, key)
+        self.corpus = corpus
+        self.stats = split_stats(corpus, self.split)
+        self.stats["dropped_rows"] = corpus.n_dropped
+        self.stats["duplicate_rows"] = corpus.n_duplicates
+
+        train = self.split.train
+        self.item_popularity = np.bincount(corpus.items[train], minlength=corpus.n_items).astype(np.float32)
+        self.schema = Schema(
+            n_users=corpus.n_users,
+            n_items=corpus.n_items,
+            rating_low=float(corpus.scale.low),
+            rating_high=float(corpus.scale.high),
+            global_mean=float(corpus.ratings[train].mean()) if len(train) else 0.0,
+            genre_names=list(corpus.genre_names),
+        )
+        self.train_tensors = {
+            "users": torch.from_numpy(corpus.users[train].astype(np.int64)),
+            "items": torch.from_numpy(corpus.items[train].astype(np.int64)),
+            "ratings": torch.from_numpy(corpus.ratings[train].astype(np.float32)),
+        }
+        # Validation ranks items unseen in training; test also excludes validation items (RecBole's protocol).
+        # Held-out users of split=users bring their known ratings, which are excluded like training items.
+        known = self.split.known
+        self.val_data = self._eval_data(np.concatenate([train, known]), self.split.val)
+        self.test_data = self._eval_data(np.concatenate([train, known, self.split.val]), self.split.test)
+
+    def _eval_data(self, seen_rows: np.ndarray, heldout_rows: np.ndarray) -> EvalData:
+        c = self.corpus
+        return EvalData(
+            n_users=c.n_users,
+            n_items=c.n_items,
+            exclude_users=c.users[seen_rows],
+            exclude_items=c.items[seen_rows],
+            heldout_users=c.users[heldout_rows],
+            heldout_items=c.items[heldout_rows],
+            heldout_ratings=c.ratings[heldout_rows],
+        )
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def n_train(self) -> int:
+        return len(self.split.train)
+
+    def train_dataloader(self) -> ShuffledBatches:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        return ShuffledBatches(self.train_tensors, self.batch_size, seed=self.seed, rank=rank, world_size=world)
+
+    def _eval_loader(self, data: EvalData) -> DataLoader:
+        # batch_size=None: each dataset item is already a whole user chunk (a dict of tensors).
+        return DataLoader(data.dataset(self.user_chunk), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_data)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_data)

@@ -1,0 +1,308 @@
+"""torchmetrics metrics shared by every model family: full-catalog ranking and rating prediction.
+
+Both are :class:`torchmetrics.Metric` objects, so they run inside Lightning's validation/test loops on any
+device, and under DDP their states are summed across ranks by torchmetrics before ``compute()``.
+
+Ranking metric definitions (used verbatim by the README)
+--------------------------------------------------------
+For every evaluated user ``u`` the model scores the whole catalog; the user's *excluded* items (training
+items, and for the test split also validation items, plus any ``known`` items) are removed, and the
+remaining items are ranked by score, highest first, ties broken by lower item index. ``L_K(u)`` is the top
+``K`` of that ranking (shorter when fewer than ``K`` items remain). ``Rel(u)`` is the set of the user's
+held-out items rated ``>= relevance_threshold`` (every held-out item when the threshold is ``None``).
+``hit_i = 1`` when the item at rank ``i`` (``i = 1..K``) is in ``Rel(u)``, else 0 (also 0 at ranks past the
+end of a short list).
+
+Users with ``Rel(u)`` empty cannot be scored by these metrics; they are *skipped* and counted in
+``users_skipped``. The users that are scored are counted in ``users_ranked``, and each accuracy metric is
+the mean of its per-user value over the ranked users:
+
+* ``recall@K``    = sum_i hit_i / |Rel(u)|  (the denominator is the full |Rel(u)|, not min(K, |Rel(u)|), so
+  a user with more than K relevant items cannot reach 1).
+* ``precision@K`` = sum_i hit_i / K  (always divided by K, even if the list is shorter).
+* ``hit_rate@K``  = 1 if sum_i hit_i > 0 else 0.
+* ``mrr@K``       = 1 / (rank of the first hit) if there is a hit within the top K, else 0.
+* ``ndcg@K``      = DCG@K / IDCG@K with binary gains: DCG@K = sum_{i=1..K} hit_i / log2(i + 1), and
+  IDCG@K = sum_{i=1..min(K, |Rel(u)|)} 1 / log2(i + 1), the DCG of an ideal list that puts all relevant
+  items first (it can hold at most K of them, hence the min).
+
+Beyond-accuracy metrics, over the top-K lists of the same ranked users:
+
+* ``coverage@K``   = |union over users of L_K(u)| / n_items (n_items = the whole catalog).
+* ``popularity@K`` = mean training popularity (number of training ratings) of the recommended items, averaged
+  over every recommended (user, rank) slot.
+* ``long_tail@K``  = share of recommended (user, rank) slots holding a long-tail item. The *head* is the
+  smallest set of most-popular items that together hold at least ``head_share`` of all training ratings
+  (items sorted by training count, descending, ties by lower item index); every other item is long tail.
+
+When no user is ranked the accuracy metrics are NaN (0/0), coverage is 0 and popularity/long_tail are NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+from torchmetrics.utilities import dim_zero_cat
+
+from recarena.evaluation.ranking import dense_masks, hit_matrix, topk_items
+
+#: Accuracy metrics, in the order of :meth:`RankingMetrics.compute`'s keys (per K).
+ACCURACY_METRICS = ("recall", "ndcg", "hit_rate", "mrr", "precision")
+#: Beyond-accuracy metrics (per K).
+BEYOND_METRICS = ("coverage", "popularity", "long_tail")
+#: Per-user columns kept with ``keep_per_user=True`` (per K; coverage has no per-user value).
+PER_USER_METRICS = (*ACCURACY_METRICS, "popularity", "long_tail")
+
+
+def head_mask(item_popularity: torch.Tensor, head_share: float) -> torch.Tensor:
+    """Bool ``(n_items,)``: the head, the fewest most-popular items holding ``>= head_share`` of all ratings.
+
+    Items are sorted by popularity, descending, ties by lower index (stable sort); item at sorted position
+    ``p`` is in the head iff the items before it hold less than ``head_share`` of the total, i.e. it is
+    still needed to reach the share. Zero-popularity items are never head. A tiny relative tolerance keeps
+    a prefix that reaches the share exactly (e.g. 0.8 of 100 ratings) from pulling one more item in.
+    """
+    pop = torch.as_tensor(item_popularity, dtype=torch.float64).cpu()
+    total = float(pop.sum())
+    mask = torch.zeros(pop.shape[0], dtype=torch.bool)
+    if total <= 0 or head_share <= 0:
+        return mask
+    order = torch.sort(pop, descending=True, stable=True).indices
+    sorted_pop = pop[order]
+    before = torch.cumsum(sorted_pop, 0) - sorted_pop  # ratings held by the more popular items
+    in_head = (before < head_share * total * (1 - 1e-12)) & (sorted_pop > 0)
+    mask[order[in_head]] = True
+    return mask
+
+
+class RankingMetrics(Metric):
+    """Full-catalog top-K ranking metrics, accumulated over user chunks (definitions: module docstring).
+
+    Args:
+        ks: cut-offs (``eval.ks``), e.g. ``[10, 20]``.
+        n_items: catalog size; ``scores`` passed to :meth:`update` are ``(B, n_items)``.
+        item_popularity: ``(n_items,)`` training rating counts per item (popularity and the long-tail head).
+        head_share: share of training ratings held by the head (``eval.head_share``).
+        relevance_threshold: held-out ratings ``>=`` this are relevant; ``None``: all held-out items.
+        keep_per_user: also keep every ranked user's values for :meth:`per_user` (memory ~ users x columns).
+
+    ``update(scores, batch)`` takes one chunk's scores and its batch dict (contract in
+    :mod:`recarena.evaluation.heldout`); everything is vectorised over the chunk and runs on the batch's
+    device. ``compute()`` returns a flat dict ``{"recall@10": t, ..., "users_ranked": t, "users_skipped": t}``
+    of float64 scalar tensors (counts too, so the dict can go straight to ``log_dict``); the caller adds the
+    ``val/`` / ``test/`` prefix. Float64 states: not for MPS.
+    """
+
+    is_differentiable = False
+    higher_is_better = None  # mixed: accuracy up, popularity down
+    full_state_update = False
+
+    def __init__(
+        self,
+        ks: Sequence[int],
+        n_items: int,
+        item_popularity: Any,
+        head_share: float = 0.8,
+        relevance_threshold: float | None = 4.0,
+        keep_per_user: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        ks = [int(k) for k in ks]
+        if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+            raise ValueError(f"eval.ks must be distinct positive integers, got {ks}: e.g. [10, 20]")
+        if int(n_items) < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        if not 0.0 <= float(head_share) <= 1.0:
+            raise ValueError(f"eval.head_share must lie in [0, 1], got {head_share}")
+        pop = torch.as_tensor(item_popularity, dtype=torch.float64).detach().cpu().reshape(-1)
+        if pop.shape[0] != int(n_items):
+            raise ValueError(f"item_popularity has {pop.shape[0]} entries, expected n_items={n_items}")
+        if bool((pop < 0).any()) or not bool(torch.isfinite(pop).all()):
+            raise ValueError("item_popularity must hold finite non-negative training counts")
+
+        self.ks = ks
+        self.n_items = int(n_items)
+        self.head_share = float(head_share)
+        self.relevance_threshold = None if relevance_threshold is None else float(relevance_threshold)
+        self.keep_per_user = bool(keep_per_user)
+        self.k_max = max(ks)
+
+        # Constants, kept as plain CPU tensors (not buffers, so a module-wide ``.half()``/``.to(dtype)`` cannot
+        # round them) and copied to the scores' device on first use there.
+        k_max = self.k_max
+        ranks = torch.arange(1, k_max + 1, dtype=torch.float64)
+        discount = 1.0 / torch.log2(ranks + 1.0)  # 1 / log2(i + 1) for rank i = 1..k_max
+        # idcg[m] = DCG of an ideal list with m relevant items on top = sum_{i=1..m} 1/log2(i+1); NDCG@K
+        # uses idcg[min(K, |Rel|)] because a list of length K holds at most K relevant items.
+        idcg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discount, 0)])
+        ks_t = torch.tensor(ks, dtype=torch.int64)
+        # prefix[j, p]: rank position p (0-based) lies inside the top ks[j]. Per-K sums are masked sums over
+        # positions -- no float cumsum, which has no deterministic CUDA kernel.
+        prefix = torch.arange(k_max)[None, :] < ks_t[:, None]
+        self._const_cpu: dict[str, torch.Tensor] = {
+            "popularity": pop,
+            "long_tail": ~head_mask(pop, self.head_share),
+            "discount": discount,
+            "idcg": idcg,
+            "ks": ks_t,
+            "prefix": prefix,
+        }
+        self._const_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+        n_k = len(ks)
+        f64 = torch.float64
+        for name in ACCURACY_METRICS:
+            self.add_state(f"{name}_sum", default=torch.zeros(n_k, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("popularity_sum", default=torch.zeros(n_k, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("long_tail_slots", default=torch.zeros(n_k, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("slots", default=torch.zeros(n_k, dtype=torch.int64), dist_reduce_fx="sum")
+        # Times each item was recommended in a top-K list (coverage = share of items with a non-zero count).
+        self.add_state("rec_count", default=torch.zeros(n_k, self.n_items, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("users_ranked", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("users_skipped", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        if self.keep_per_user:
+            self.add_state("pu_user", default=[], dist_reduce_fx="cat")
+            self.add_state("pu_n_relevant", default=[], dist_reduce_fx="cat")
+            self.add_state("pu_values", default=[], dist_reduce_fx="cat")
+
+    def _const(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if device not in self._const_cache:
+            self._const_cache[device] = {k: v.to(device) for k, v in self._const_cpu.items()}
+        return self._const_cache[device]
+
+    def update(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:  # type: ignore[override]
+        """Accumulate one chunk: ``scores`` ``(B, n_items)`` for ``batch["users"]`` (row r = users[r])."""
+        n_rows = batch["users"].shape[0]
+        if scores.shape != (n_rows, self.n_items):
+            raise ValueError(
+                f"scores must be (B, n_items) = ({n_rows}, {self.n_items}), got {tuple(scores.shape)}"
+            )
+        scores = scores.detach()
+        exclude, relevant = dense_masks(batch, self.n_items, self.relevance_threshold)
+        n_rel = relevant.sum(1)
+        ranked = n_rel > 0
+        n_ranked = ranked.sum()
+        self.users_ranked += n_ranked
+        self.users_skipped += n_rows - n_ranked
+        # Only users with a relevant item are ranked (a single boolean-index gather, no loop).
+        scores, exclude, relevant, n_rel = scores[ranked], exclude[ranked], relevant[ranked], n_rel[ranked]
+        c = self._const(scores.device)
+
+        top = topk_items(scores, exclude, self.k_max)  # (B', k_max), -1 where no rankable item
+        valid = top >= 0
+        hits = hit_matrix(top, relevant)  # (B', k_max) bool
+        prefix = c["prefix"]  # (n_k, k_max)
+
+        def per_k(x: torch.Tensor) -> torch.Tensor:
+            """(B', k_max) per-position values -> (B', n_k) sums over the first K positions."""
+            return (x[:, None, :] * prefix[None, :, :]).sum(-1)
+
+        ks = c["ks"].to(torch.float64)
+        n_rel_f = n_rel.to(torch.float64)[:, None]
+        n_hits = per_k(hits.to(torch.int64)).to(torch.float64)  # (B', n_k)
+        recall = n_hits / n_rel_f
+        precision = n_hits / ks
+        hit_rate = (n_hits > 0).to(torch.float64)
+        dcg = per_k(hits.to(torch.float64) * c["discount"])
+        idcg = c["idcg"][torch.minimum(c["ks"][None, :], n_rel[:, None])]  # ideal DCG over min(K, |Rel|)
+        ndcg = dcg / idcg
+        # Rank (1-based) of the first hit: argmax returns the first maximal position; k_max + 1 when none.
+        first = torch.where(hits.any(1), hits.to(torch.int64).argmax(1) + 1, self.k_max + 1)
+        mrr = torch.where(first[:, None] <= c["ks"][None, :], 1.0 / first[:, None].to(torch.float64), 0.0)
+
+        safe_top = top.clamp(min=0)
+        pop = c["popularity"][safe_top] * valid  # (B', k_max) training count of each recommended item
+        tail = c["long_tail"][safe_top] & valid
+        n_slots = per_k(valid.to(torch.int64))  # (B', n_k) recommended slots (== K unless the list is short)
+        pop_k = per_k(pop)
+        tail_k = per_k(tail.to(torch.int64))
+
+        for name, values in zip(ACCURACY_METRICS, (recall, ndcg, hit_rate, mrr, precision), strict=True):
+            state = getattr(self, f"{name}_sum")
+            state += values.sum(0)
+        self.popularity_sum += pop_k.sum(0)
+        self.long_tail_slots += tail_k.sum(0)
+        self.slots += n_slots.sum(0)
+
+        # Coverage: add 1 to rec_count[j, item] for every valid slot inside the top ks[j]; flattening
+        # (j, item) to j * n_items + item makes it one index_add_ (deterministic on CUDA).
+        in_k = prefix[:, None, :] & valid[None, :, :]  # (n_k, B', k_max)
+        flat = (torch.arange(len(self.ks), device=top.device)[:, None, None] * self.n_items + safe_top[None])[in_k]
+        self.rec_count.view(-1).index_add_(0, flat, torch.ones_like(flat))
+
+        if self.keep_per_user:
+            slots_f = n_slots.to(torch.float64)
+            # Per-user means over the user's own recommended slots (NaN for an empty list).
+            pu_pop = pop_k / slots_f
+            pu_tail = tail_k.to(torch.float64) / slots_f
+            columns = (recall, ndcg, hit_rate, mrr, precision, pu_pop, pu_tail)
+            # (B', n_metrics * n_k), metric-major: [recall@k1, recall@k2, ndcg@k1, ...].
+            self.pu_values.append(torch.cat(columns, dim=1))
+            self.pu_user.append(batch["users"][ranked].to(torch.int64))
+            self.pu_n_relevant.append(n_rel.to(torch.int64))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Flat dict of scalar float64 tensors: ``{metric}@{K}`` for every metric and K, plus user counts."""
+        ranked = self.users_ranked.to(torch.float64)
+        slots = self.slots.to(torch.float64)
+        out: dict[str, torch.Tensor] = {}
+        for name in ACCURACY_METRICS:
+            values = getattr(self, f"{name}_sum") / ranked
+            out.update({f"{name}@{k}": values[j] for j, k in enumerate(self.ks)})
+        coverage = (self.rec_count > 0).sum(1).to(torch.float64) / self.n_items
+        popularity = self.popularity_sum / slots
+        long_tail = self.long_tail_slots.to(torch.float64) / slots
+        for name, values in zip(BEYOND_METRICS, (coverage, popularity, long_tail), strict=True):
+            out.update({f"{name}@{k}": values[j] for j, k in enumerate(self.ks)})
+        out["users_ranked"] = ranked
+        out["users_skipped"] = self.users_skipped.to(torch.float64)
+        return out
+
+    def per_user(self) -> dict[str, torch.Tensor]:
+        """Per ranked user: ``user``, ``n_relevant`` (int64) and every ``{metric}@{K}`` of PER_USER_METRICS.
+
+        Needs ``keep_per_user=True``. Under DDP the per-rank lists are gathered first (every rank must call
+        it). Rows are in update order (per rank); sort by ``user`` for a stable file.
+        """
+        if not self.keep_per_user:
+            raise RuntimeError("RankingMetrics(keep_per_user=True) is needed for per_user()")
+        width = len(PER_USER_METRICS) * len(self.ks)
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            if len(self.pu_user) == 0:  # a list before sync, a concatenated tensor after
+                users = torch.zeros(0, dtype=torch.int64, device=self.device)
+                n_rel = torch.zeros(0, dtype=torch.int64, device=self.device)
+                values = torch.zeros(0, width, dtype=torch.float64, device=self.device)
+            else:
+                users = dim_zero_cat(self.pu_user)
+                n_rel = dim_zero_cat(self.pu_n_relevant)
+                values = dim_zero_cat(self.pu_values).reshape(-1, width)
+        out = {"user": users, "n_relevant": n_rel}
+        col = 0
+        for name in PER_USER_METRICS:
+            for k in self.ks:
+                out[f"{name}@{k}"] = values[:, col]
+                col += 1
+        return out
+
+
+class RatingMetrics(MetricCollection):
+    """RMSE and MAE of rating predictions on held-out (user, item) pairs, by torchmetrics.
+
+    ``update(pred, target)`` with 1-D predictions and true ratings; ``compute()`` returns
+    ``{"rmse": t, "mae": t}``: RMSE = sqrt(mean((pred - target)^2)), MAE = mean(|pred - target|), both over
+    every held-out rating (micro average, not per user). States are sums and counts, synced under DDP.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            {"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()},
+            compute_groups=False,
+        )
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        super().update(pred.detach().reshape(-1).float(), target.reshape(-1).float())

@@ -1,0 +1,95 @@
+"""Pure-torch building blocks of full-catalog ranking, on whatever device the batch lives on.
+
+A batch is one user chunk (see :mod:`recarena.evaluation.heldout` for the contract). Everything here is
+vectorised over the chunk: dense ``(B, n_items)`` masks built with ``index_put_`` and one ``topk``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+#: Item index returned by :func:`topk_items` for a top-K position that holds no rankable item
+#: (the user has fewer than K non-excluded items, or K exceeds the catalog). Never a hit.
+NO_ITEM = -1
+
+
+def dense_masks(
+    batch: Mapping[str, torch.Tensor], n_items: int, relevance_threshold: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense ``(exclude, relevant)`` bool masks of shape ``(B, n_items)`` for one chunk.
+
+    ``exclude[r, i]`` is True when item ``i`` must not be ranked for chunk row ``r``. ``relevant[r, i]`` is
+    True when ``i`` is a held-out item of row ``r`` with rating ``>= relevance_threshold``; with
+    ``relevance_threshold=None`` every held-out item is relevant. Duplicate pairs collapse to one True.
+    """
+    users = batch["users"]
+    device = users.device
+    n_rows = users.shape[0]
+    exclude = torch.zeros((n_rows, n_items), dtype=torch.bool, device=device)
+    exclude.index_put_((batch["excl_row"], batch["excl_item"]), torch.ones((), dtype=torch.bool, device=device))
+    held_row, held_item = batch["held_row"], batch["held_item"]
+    if relevance_threshold is not None:
+        keep = batch["held_rating"] >= relevance_threshold
+        held_row, held_item = held_row[keep], held_item[keep]
+    relevant = torch.zeros((n_rows, n_items), dtype=torch.bool, device=device)
+    relevant.index_put_((held_row, held_item), torch.ones((), dtype=torch.bool, device=device))
+    return exclude, relevant
+
+
+def _ordered_int(scores: torch.Tensor) -> torch.Tensor:
+    """Map float32 scores to int64 with the same order (a monotone bijection of the float32 values).
+
+    IEEE-754 bit patterns of non-negative floats already sort like integers; for negative floats (sign bit
+    set, negative as int32) the magnitude bits run backwards, so flipping the 31 low bits restores the
+    order. ``+ 0.0`` turns -0.0 into +0.0 first so the two zeros tie, as they compare equal as floats;
+    NaN is mapped to -inf (lowest rankable score) so a broken model gives deterministic, not random, lists.
+    """
+    s = scores.to(torch.float32) + 0.0
+    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    bits = s.view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return ordered.to(torch.int64)
+
+
+def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` items per row, best first, as a ``(B, k)`` int64 tensor of item indices.
+
+    Order: higher score first; equal scores (as float32) by lower item index -- exact and deterministic on
+    every device. ``torch.topk`` gives no tie order, so each score is turned into the integer key
+    ``ordered(score) * 2**b + (2**b - 1 - item)`` with ``b`` bits for item indices: the key order is the
+    lexicographic order (score desc, item asc), the keys are distinct, and because ``ordered`` is a
+    monotone bijection of float32 values, distinct float32 scores can never be reordered (unlike adding
+    an epsilon to the floats). ``topk`` on these int64 keys is therefore exact. Scores in another dtype are
+    compared after conversion to float32.
+
+    Excluded items get a key below every real key; positions that fall on one (the user has fewer than
+    ``k`` rankable items), and positions past the catalog when ``k > n_items``, hold :data:`NO_ITEM` (-1).
+    """
+    if scores.ndim != 2 or exclude.shape != scores.shape:
+        raise ValueError(f"scores and exclude must both be (B, n_items), got {tuple(scores.shape)} and "
+                         f"{tuple(exclude.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_rows, n_items = scores.shape
+    bits = max(1, (n_items - 1).bit_length())
+    # |ordered| <= 2**31, so |key| < 2**(31 + bits) <= 2**62 for any catalog below 2**31 items: no overflow,
+    # and the sentinel below stays strictly lower than every real key.
+    tie_break = (2**bits - 1) - torch.arange(n_items, device=scores.device, dtype=torch.int64)
+    keys = _ordered_int(scores) * (2**bits) + tie_break
+    sentinel = torch.iinfo(torch.int64).min
+    keys = keys.masked_fill(exclude, sentinel)
+    k_eff = min(k, n_items)
+    top_keys, top = torch.topk(keys, k_eff, dim=1, largest=True, sorted=True)
+    top = top.masked_fill(top_keys == sentinel, NO_ITEM)
+    if k_eff < k:
+        pad = torch.full((n_rows, k - k_eff), NO_ITEM, dtype=torch.int64, device=scores.device)
+        top = torch.cat([top, pad], dim=1)
+    return top
+
+
+def hit_matrix(top: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """``(B, k)`` bool: whether each top-k position holds a relevant item (:data:`NO_ITEM` never does)."""
+    valid = top >= 0
+    return relevant.gather(1, top.clamp(min=0)) & valid

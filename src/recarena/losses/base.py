@@ -1,0 +1,43 @@
+"""The loss contract: a small module that turns a family's outputs on a training batch into a scalar.
+
+A loss declares the capabilities it needs (``needs``) and a family the ones it has (``provides``), so an
+incompatible pair (``model=popularity loss=mse``) is refused at start-up with the list of losses that fit,
+before any data is read (see :mod:`recarena.checks`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from recarena.models.base import RecommenderModule
+
+
+class Loss(nn.Module):
+    """Base class. Subclasses set ``needs`` and ``view`` and implement ``forward``."""
+
+    #: Capabilities the family must provide (see ``RecommenderModule.provides``).
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: Training view the datamodule serves for this loss (``pairs`` = (user, item, rating) rows).
+    view: ClassVar[str] = "pairs"
+
+    def __init__(self, monitor: str = "val/ndcg@10", monitor_mode: str = "max") -> None:
+        super().__init__()
+        # The validation metric this objective is judged by (early stopping, best checkpoint).
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+
+    def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoLoss(Loss):
+    """``loss=none``: the family is not trained by gradient descent (the popularity baseline)."""
+
+    needs = frozenset({"no_training"})
+
+    def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise RuntimeError("loss=none trains nothing; it only fits families that need no training")

@@ -1,0 +1,186 @@
+"""What every family shares: optimiser and scheduler from config, the evaluation loop, logging.
+
+A family subclasses :class:`RecommenderModule` and owns only its network, ``forward(users, items)`` (the score or
+predicted rating of given pairs) and, where it can, ``user_embeddings`` / ``item_embeddings`` so full-catalogue
+ranking is one matrix product. Everything else (training step through the ``loss=`` module, validation and test
+through the shared evaluator) lives here, so every family is scored by the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+
+from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
+from recarena.losses.base import Loss
+from recarena.optim import split_sparse_dense
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Dimensions and scales a family is built from; given by the datamodule, never typed into configs."""
+
+    n_users: int
+    n_items: int
+    rating_low: float
+    rating_high: float
+    global_mean: float
+    genre_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RecommenderModule(L.LightningModule):
+    """Base LightningModule of every family.
+
+    Args:
+        schema: dataset dimensions (a :class:`Schema` or its dict, as restored from a checkpoint).
+        loss: the ``loss=`` module.
+        optimizer: a partial optimiser class (Hydra ``_partial_: true``) applied to this module's parameters.
+        scheduler: a partial scheduler factory from :mod:`recarena.optim` (called with the optimiser and the
+            run's total steps), or None for a constant learning rate.
+        ks, relevance_threshold, head_share: evaluator settings (``conf/eval``).
+    """
+
+    #: Capabilities a loss may ask for: "ratings" (predicts ratings), "embeddings" (user/item vectors),
+    #: "no_training" (nothing to fit), ...
+    provides: ClassVar[frozenset[str]] = frozenset()
+    #: The family needs every evaluated user to have an id seen in training (refuses split=users).
+    needs_user_ids: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        schema: Schema | dict[str, Any],
+        loss: Loss,
+        optimizer: partial | None = None,
+        scheduler: partial | None = None,
+        ks: tuple[int, ...] = (10, 20),
+        relevance_threshold: float | None = 4.0,
+        head_share: float = 0.8,
+    ) -> None:
+        super().__init__()
+        self.schema = schema if isinstance(schema, Schema) else Schema(**schema)
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.ks = tuple(int(k) for k in ks)
+        self.relevance_threshold = relevance_threshold
+        self.head_share = head_share
+        self.train_loss_sum = torch.zeros(())
+        self.train_batches = 0
+        self.epoch_history: list[dict[str, float]] = []
+        self._epoch_started = 0.0
+
+    # ------------------------------------------------------------------ family API
+    @property
+    def predicts_ratings(self) -> bool:
+        return "ratings" in self.provides
+
+    @property
+    def trainable(self) -> bool:
+        return "no_training" not in self.provides
+
+    @classmethod
+    def sparse_embeddings(cls, optimizer: partial | None) -> bool:
+        """Build embedding tables with sparse gradients when the optimiser updates rows lazily."""
+        return bool(getattr(getattr(optimizer, "func", None), "sparse_gradients", False))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Score (or predicted rating) of each (user, item) pair. Shapes: (N,), (N,) -> (N,)."""
+        raise NotImplementedError
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every catalogue item for each user: (B,) -> (B, n_items). Higher = recommended first."""
+        raise NotImplementedError
+
+    def predict_ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Predicted ratings clipped to the rating scale, for RMSE/MAE."""
+        return self(users, items).clamp(self.schema.rating_low, self.schema.rating_high)
+
+    def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Regulariser added to the loss (e.g. L2 on the rows the batch touches). Zero by default."""
+        return torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Build the evaluator's metrics from the datamodule (training item popularity for bias metrics)."""
+        popularity = torch.as_tensor(self.trainer.datamodule.item_popularity, dtype=torch.float32)
+        self.on_popularity(popularity)
+        make = partial(
+            RankingMetrics,
+            ks=list(self.ks),
+            n_items=self.schema.n_items,
+            item_popularity=popularity,
+            head_share=self.head_share,
+            relevance_threshold=self.relevance_threshold,
+        )
+        self.val_ranking, self.test_ranking = make(), make()
+        self.val_rating, self.test_rating = RatingMetrics(), RatingMetrics()
+
+    def on_popularity(self, popularity: torch.Tensor) -> None:
+        """Hook for families that use training popularity (the popularity baseline)."""
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self, batch)
+        # Accumulate instead of self.log per step: logging each step costs as much as an MF step on CPU.
+        self.train_loss_sum = self.train_loss_sum.to(loss.device) + loss.detach()
+        self.train_batches += 1
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.train_loss_sum = torch.zeros((), device=self.device)
+        self.train_batches = 0
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_batches:
+            self.log("train/loss", self.train_loss_sum / self.train_batches, prog_bar=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, torch.Tensor], ranking: RankingMetrics, rating: RatingMetrics) -> None:
+        scores = self.score_all(batch["users"])  # (B, n_items)
+        ranking.update(scores, batch)
+        if self.predicts_ratings and batch["held_item"].numel():
+            users = batch["users"][batch["held_row"]]
+            rating.update(self.predict_ratings(users, batch["held_item"]), batch["held_rating"])
+
+    def _eval_epoch_end(self, prefix: str, ranking: RankingMetrics, rating: RatingMetrics) -> None:
+        values = {f"{prefix}/{k}": v for k, v in ranking.compute().items()}
+        if self.predicts_ratings and rating.update_count:
+            values.update({f"{prefix}/{k}": v for k, v in rating.compute().items()})
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=False)
+        ranking.reset()
+        rating.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_ranking, self.val_rating)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_ranking, self.val_rating)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_ranking, self.test_rating)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_ranking, self.test_rating)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        if not self.trainable or self.optimizer_factory is None:
+            return None
+        kwargs = {}
+        if self.sparse_embeddings(self.optimizer_factory):
+            kwargs["sparse_params"] = split_sparse_dense(self)
+        optimizer = self.optimizer_factory(self.parameters(), **kwargs)
+        if self.scheduler_factory is None:
+            return optimizer
+        # Every scheduler factory (recarena.optim) takes the run's length and is stepped once per batch.
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,36 @@
+"""Popularity baseline: every user gets the most-rated training items they have not seen.
+
+Any personalised family must beat it on the ranking metrics to be worth its training time.
+
+Run: ``python train.py model=popularity`` (``loss=none``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recarena.losses.base import Loss
+from recarena.models.base import RecommenderModule, Schema
+
+
+class Popularity(RecommenderModule):
+    """Scores item i by its number of training ratings (computed on the training part of the split only)."""
+
+    provides = frozenset({"no_training"})
+    needs_user_ids = False  # the same list for everyone: held-out users are fine
+
+    def __init__(self, schema: Schema | dict[str, Any], loss: Loss, **kwargs: Any) -> None:
+        super().__init__(schema, loss, **kwargs)
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
+        self.register_buffer("popularity", torch.zeros(self.schema.n_items))
+
+    def on_popularity(self, popularity: torch.Tensor) -> None:
+        self.popularity.copy_(popularity)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.popularity[items]
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.popularity.expand(len(users), -1)

@@ -1,0 +1,281 @@
+"""Leaderboards from the ``metrics.json`` that ``run.py`` leaves in each run dir: a sweep is only useful
+if its runs compare at a glance, so every multirun ends with ``leaderboard.csv`` (one row per run, full
+precision, for plotting) and ``leaderboard.md`` (one row per configuration, ``mean ± std`` over seeds).
+Hydra imports this module at start, so it imports no torch: only pandas, rich and hydra's callback base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KEYS = ["config_key", "model", "loss", "data", "split"]  # what makes two runs "the same configuration"
+TIMES = ["wall_seconds", "fit_seconds", "train_samples_per_s"]
+EXTRAS = ["best_epoch", "epochs", *TIMES]
+SEED_KEYS = {"seed", "split.seed"}  # overrides that replicate a configuration rather than define one
+RANK_ORDER = ["ndcg", "recall", "precision", "hit", "hitrate", "mrr", "map", "coverage"]
+BOOKKEEPING = {"users_ranked"}  # counts, not scores: kept in the CSV, left out of the markdown
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric from its name: errors, popularity bias and time go down, the rest up."""
+    base = metric.rsplit("/", 1)[-1].split("@")[0].lower()
+    return base in {"rmse", "mae", "mse", "loss", "arp"} or "popularity" in base or base.endswith("seconds")
+
+
+def config_key(overrides: Iterable[str]) -> str:
+    """The overrides minus the seed ones, sorted: runs differing only by seed share it."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS]
+    return " ".join(sorted(kept))
+
+
+def find_metrics(paths: Iterable[Path]) -> list[Path]:
+    """Every metrics.json under the given run dirs, sweep dirs (searched recursively) or files."""
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_file():
+            found[p.resolve()] = None
+        elif p.is_dir():
+            found.update(dict.fromkeys(q.resolve() for q in sorted(p.rglob("metrics.json"))))
+        else:
+            log.warning("no such run or sweep dir: %s", p)
+    return list(found)
+
+
+def _metric_key(col: str) -> tuple:
+    """Column order: rmse/mae first, then ranking metrics grouped by K, then anything else."""
+    split, _, name = col.rpartition("/")
+    base, _, k = name.partition("@")
+    if base in ("rmse", "mae"):
+        return (split, 0, 0, ("rmse", "mae").index(base), "")
+    if k:
+        rank = RANK_ORDER.index(base) if base in RANK_ORDER else len(RANK_ORDER)
+        return (split, 1, int(k) if k.isdigit() else math.inf, rank, base)
+    return (split, 2, 0, 0, base)
+
+
+def _row(path: Path, d: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {k: d.get(k) or "" for k in ("model", "loss", "data", "split")} | {"seed": d.get("seed")}
+    key = d.get("config_key")
+    row["config_key"] = key if isinstance(key, str) else config_key(d.get("overrides") or [])
+    for part in ("test", "val"):
+        for k, v in (d.get(part) or {}).items():
+            row[k if k.startswith(f"{part}/") else f"{part}/{k}"] = v
+    row.update({k: d.get(k) for k in (*EXTRAS, "monitor", "monitor_mode")})
+    row["run_dir"] = str(path.parent)
+    return row
+
+
+def load_runs(paths: Iterable[Path]) -> pd.DataFrame:
+    """One row per run; unreadable or foreign files are skipped with a warning, so one crashed
+    job (half-written JSON) does not cost the whole sweep its leaderboard."""
+    rows = []
+    for path in find_metrics(paths):
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable %s: %s", path, e)
+            continue
+        if not isinstance(d, dict) or d.get("format_version") != FORMAT_VERSION:
+            version = d.get("format_version", "missing") if isinstance(d, dict) else "not an object"
+            log.warning("skipping %s: format_version %s, expected %s", path, version, FORMAT_VERSION)
+            continue
+        rows.append(_row(path, d))
+    df = pd.DataFrame(rows, columns=None if rows else [*KEYS, "seed", *EXTRAS, "run_dir"])
+    metrics = sorted((c for c in df.columns if c.startswith(("test/", "val/"))), key=_metric_key)
+    for c in [*metrics, *EXTRAS]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    front = ["model", "loss", "data", "split", "seed", "config_key", *metrics, *EXTRAS]
+    return df[front + [c for c in df.columns if c not in front and c != "run_dir"] + ["run_dir"]]
+
+
+def _default_primary(runs: pd.DataFrame, metrics: list[str]) -> str:
+    """The test twin of the monitored validation metric: what early stopping optimised."""
+    monitors = runs["monitor"].dropna() if "monitor" in runs else pd.Series(dtype=object)
+    candidates = []
+    if len(monitors):
+        candidates += [f"test/{str(monitors.iloc[0]).rpartition('/')[2]}", str(monitors.iloc[0])]
+    candidates += [m for m in metrics if m.startswith("test/") and m.rpartition("/")[2] not in BOOKKEEPING]
+    return next((c for c in candidates if c in metrics), metrics[0])
+
+
+def leaderboard(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
+    """One row per configuration: ``n_seeds`` (runs aggregated), ``<metric>_mean`` and
+    ``<metric>_std`` (ddof=1, NaN for a single seed), sorted best first by ``primary``,
+    which is also kept in ``.attrs["primary"]``."""
+    metrics = [c for c in runs.columns if c.startswith(("test/", "val/")) or c in TIMES]
+    if runs.empty or not metrics:
+        return pd.DataFrame(columns=[*KEYS, "n_seeds"])
+    primary = primary or _default_primary(runs, metrics)
+    if primary not in metrics:
+        raise ValueError(f"unknown primary metric {primary!r}; have {metrics}")
+    g = runs.sort_values(KEYS, kind="stable").groupby(KEYS, sort=False, dropna=False)
+    agg = g[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    board = pd.concat([g.size().rename("n_seeds"), agg], axis=1).reset_index()
+    board = board.sort_values(f"{primary}_mean", ascending=lower_is_better(primary),
+                              na_position="last", kind="stable").reset_index(drop=True)
+    board.attrs["primary"] = primary
+    return board
+
+
+def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Headers, cells and bold flags shared by the markdown and the rich table. A single seed
+    shows the mean alone (no '± nan'); a metric a model does not report is an empty cell."""
+    metrics = [c[: -len("_mean")] for c in board.columns if c.endswith("_mean")]
+    scores = [m for m in metrics if m not in TIMES and m.rpartition("/")[2] not in BOOKKEEPING]
+    shown = sorted([m for m in scores if m.startswith("test/")] or scores, key=_metric_key)
+    shown += ["wall_seconds"] if "wall_seconds" in metrics else []
+    headers = ["configuration", "model", "loss", "data", "split", "n_seeds", *shown]
+    cells = [[f"`{r.config_key}`" if r.config_key else "(default)", r.model, r.loss, r.data, r.split,
+              str(r.n_seeds)] for r in board.itertuples()]
+    bold = [[False] * len(headers) for _ in cells]
+    for j, m in enumerate(shown, start=6):
+        mean, std = board[f"{m}_mean"], board[f"{m}_std"]
+        best = mean.min() if lower_is_better(m) else mean.max()
+        for i in range(len(board)):
+            mu, sd = mean.iloc[i], std.iloc[i]
+            fmt = "{:.1f}" if m.endswith("seconds") else "{:.3f}"
+            text = "" if pd.isna(mu) else fmt.format(mu) + ("" if pd.isna(sd) else " ± " + fmt.format(sd))
+            cells[i].append(text)
+            bold[i][j] = m not in TIMES and mean.notna().sum() > 1 and pd.notna(mu) and math.isclose(mu, best)
+    return headers, cells, bold
+
+
+def leaderboard_markdown(board: pd.DataFrame) -> str:
+    """The leaderboard as a markdown table with a header line saying what was aggregated."""
+    headers, cells, bold = _display(board)
+    primary = board.attrs.get("primary", "?")
+    way = "lower" if lower_is_better(primary) else "higher"
+    lines = [
+        "# Leaderboard", "",
+        f"{int(board['n_seeds'].sum())} runs in {len(board)} configurations. Each cell is mean ± std "
+        "(ddof=1) over the seeds of a configuration; a single seed shows its value alone. "
+        f"Sorted by `{primary}` ({way} is better); best per metric in **bold**; empty = not reported.", "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if j < 5 else "---:" for j in range(len(headers))) + "|",
+    ]
+    for row, flags in zip(cells, bold, strict=True):
+        row = [c.replace("|", "\\|") for c in row]
+        lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, flags, strict=True)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_table(df: pd.DataFrame) -> Table:
+    """Rich rendering for the terminal; accepts a leaderboard or the per-run frame."""
+    board = df if "n_seeds" in df.columns else leaderboard(df)
+    headers, cells, bold = _display(board)
+    # Terminals are narrow: identity columns shared by every row go to the title, cells fold.
+    same = {j: cells[0][j] for j in range(1, 5) if len(cells) > 1 and len({r[j] for r in cells}) == 1}
+    keep = [j for j in range(len(headers)) if j not in same]
+    note = "".join(f", {headers[j]}={v}" for j, v in same.items())
+    table = Table(title=f"Leaderboard (sorted by {board.attrs.get('primary', '?')}{note})")
+    for j in keep:
+        short = headers[j].removeprefix("test/").replace("n_seeds", "n").replace("wall_seconds", "wall s")
+        table.add_column(short, justify="right" if j >= 5 else "left", overflow="fold")
+    for row, flags in zip(cells, bold, strict=True):  # Text, not markup: overrides may hold '[...]'
+        table.add_row(*(Text(row[j].strip("`"), style="bold" if flags[j] else "") for j in keep))
+    return table
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Temp file in the same dir + os.replace: a reader never sees a half-written leaderboard."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
+                      primary: str | None = None) -> tuple[Path, Path]:
+    """Write ``leaderboard.csv`` (per run, leaderboard order) and ``leaderboard.md`` (per config)."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs([sweep_dir]) if runs is None else runs
+    if runs.empty:
+        raise FileNotFoundError(f"no usable metrics.json under {sweep_dir}")
+    board = leaderboard(runs, primary)
+    rank = {tuple(r): i for i, r in enumerate(board[KEYS].itertuples(index=False))}
+    order = runs[KEYS].apply(lambda r: rank.get(tuple(r), len(rank)), axis=1)
+    per_run = runs.assign(_rank=order).sort_values(["_rank", "seed"], kind="stable").drop(columns="_rank")
+    csv, md = sweep_dir / "leaderboard.csv", sweep_dir / "leaderboard.md"
+    _atomic_write(csv, per_run.drop(columns=["monitor", "monitor_mode"], errors="ignore")
+                  .to_csv(index=False, lineterminator="\n"))
+    _atomic_write(md, leaderboard_markdown(board))
+    return csv, md
+
+
+class LeaderboardCallback(Callback):
+    """Hydra callback: the leaderboard is refreshed after every job of a multirun (so a sweep
+    that dies half-way still has one) and written and printed once the multirun ends."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN"):
+            self._write(config, final=False)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._write(config, final=True)
+
+    def _write(self, config: DictConfig, final: bool) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            runs = load_runs([sweep_dir])
+            if runs.empty:
+                (log.warning if final else log.debug)("no metrics.json under %s: no leaderboard", sweep_dir)
+                return
+            csv, md = write_leaderboard(sweep_dir, runs)
+            if final:
+                Console().print(leaderboard_table(runs))
+                log.info("leaderboard: %s, %s", md, csv)
+        except Exception:  # a report bug must not turn a finished sweep into a failed one
+            log.exception("could not write the leaderboard of %s", sweep_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m recarena.report PATH... [--out DIR] [--primary METRIC]``: rebuild leaderboards."""
+    parser = argparse.ArgumentParser(prog="python -m recarena.report", description=main.__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs, sweep dirs or metrics.json files")
+    parser.add_argument("--out", type=Path, help="where to write (default: the single PATH, or its dir)")
+    parser.add_argument("--primary", help="metric to sort by (default: test twin of the monitor)")
+    args = parser.parse_args(argv)
+    one = args.paths[0] if len(args.paths) == 1 else None
+    if (out := args.out or (one and (one if one.is_dir() else one.parent))) is None:
+        parser.error("--out is required with several paths")
+    runs = load_runs(args.paths)
+    if runs.empty:
+        log.error("no usable metrics.json under %s", " ".join(map(str, args.paths)))
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = write_leaderboard(out, runs, args.primary)
+    Console().print(leaderboard_table(leaderboard(runs, args.primary)), f"wrote {md}\nwrote {csv}", sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""``train(cfg)``: check the config, seed, build data + model + trainer, fit, test the best checkpoint, and write
+``metrics.json`` into the run dir. ``train.py`` is a thin ``@hydra.main`` wrapper around it; tests call it with
+configs composed through Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recarena.checks import check_config, option_name
+from recarena.data.datamodule import MovieLensDataModule
+from recarena.display import print_metrics, print_stats
+from recarena.report import config_key
+from recarena.timing import EpochTimer
+
+log = logging.getLogger(__name__)
+
+METRICS_FORMAT_VERSION = 1
+
+
+def build_datamodule(cfg: DictConfig, view: str) -> MovieLensDataModule:
+    return MovieLensDataModule(
+        data=cfg.data,
+        split=cfg.split,
+        seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size),
+        view=view,
+        user_chunk=int(cfg.eval.user_chunk),
+    )
+
+
+def build_model(cfg: DictConfig, dm: MovieLensDataModule) -> L.LightningModule:
+    loss = instantiate(cfg.loss)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("_target_") else None
+    return instantiate(
+        cfg.model,
+        schema=dm.schema,
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        ks=list(cfg.eval.ks),
+        relevance_threshold=cfg.eval.relevance_threshold,
+        head_share=cfg.eval.head_share,
+        _convert_="all",
+    )
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=[*callbacks, timer], logger=loggers or False, default_root_dir=output_dir)
+
+
+def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and test one configuration; returns the content of ``metrics.json``."""
+    check_config(cfg)  # before any data work: a bad combination must not cost a download
+    output_dir = Path(output_dir or _hydra_output_dir() or tempfile.mkdtemp(prefix="recarena-"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    loss_cls_view = instantiate(cfg.loss).view
+    dm = build_datamodule(cfg, loss_cls_view)
+    dm.prepare_data()
+    dm.setup("fit")
+    if cfg.get("verbose", True):
+        print_stats(cfg.data.name, cfg.split.name, dm.stats)
+
+    model = build_model(cfg, dm)
+    timer = EpochTimer(monitor=str(cfg.eval.monitor), mode=str(cfg.eval.monitor_mode))
+    trainer = build_trainer(cfg, output_dir, timer)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    fit_started = time.perf_counter()
+    if model.trainable:
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    else:
+        trainer.validate(model, datamodule=dm, verbose=False)
+    fit_seconds = time.perf_counter() - fit_started
+    best_path = _best_checkpoint(trainer)
+    if model.trainable and best_path:
+        # callback_metrics hold the last epoch's validation; report the best checkpoint's, like the test.
+        trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
+    val_metrics = _metrics_with_prefix(trainer, "val/")
+
+    test_metrics: dict[str, float] = {}
+    eval_started = time.perf_counter()
+    if cfg.get("test", True):
+        ckpt = best_path if (model.trainable and best_path) else None
+        trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=False)
+        test_metrics = _metrics_with_prefix(trainer, "test/")
+    eval_seconds = time.perf_counter() - eval_started
+
+    result = {
+        "format_version": METRICS_FORMAT_VERSION,
+        "model": option_name(cfg, "model"),
+        "loss": option_name(cfg, "loss"),
+        "data": str(cfg.data.name),
+        "split": str(cfg.split.name),
+        "seed": int(cfg.seed),
+        "overrides": _task_overrides(),
+        "config_key": config_key(_task_overrides()),
+        "monitor": str(cfg.eval.monitor),
+        "monitor_mode": str(cfg.eval.monitor_mode),
+        "val": val_metrics,
+        "test": test_metrics,
+        "best_epoch": timer.best_epoch,
+        "epochs": int(trainer.current_epoch) if model.trainable else 0,
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(timer.train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "train_samples_per_s": round(timer.samples_per_second(dm.n_train), 1),
+        "best_checkpoint": str(best_path) if best_path else None,
+        "split_fingerprint": dm.split.fingerprint,
+        "dataset": dm.stats,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+    write_json_atomic(output_dir / "metrics.json", result)
+    if cfg.get("verbose", True):
+        print_metrics(result)
+    return result
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Temp file in the same directory, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _metrics_with_prefix(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(prefix)}
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    return getattr(callback, "best_model_path", None) or None
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _hydra_output_dir() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.output_dir
+    except ValueError:
+        return None
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("recarena", "torch", "lightning", "hydra-core", "torchmetrics", "numpy", "pandas"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[package] = version(package)
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

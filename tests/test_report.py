@@ -1,0 +1,176 @@
+"""Leaderboards from hand-written metrics.json files: aggregation, direction, robustness, writers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from recarena import report
+from recarena.report import (
+    LeaderboardCallback,
+    config_key,
+    find_metrics,
+    leaderboard,
+    leaderboard_table,
+    load_runs,
+    lower_is_better,
+    write_leaderboard,
+)
+
+# config -> seed -> (test rmse, test ndcg@10); B is better on both.
+VALUES = {
+    "a": {1: (0.90, 0.040), 2: (0.92, 0.050), 3: (0.94, 0.060)},
+    "b": {1: (0.85, 0.070), 2: (0.86, 0.080), 3: (0.87, 0.090)},
+}
+LR = {"a": "0.01", "b": "0.001"}
+
+
+def _write(run_dir: Path, payload: dict) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(payload))
+
+
+def _payload(model: str, seed: int, overrides: list[str], test: dict, val: dict, with_key: bool) -> dict:
+    d = {
+        "format_version": 1, "model": model, "loss": "mse", "data": "ml-100k", "split": "temporal",
+        "seed": seed, "overrides": overrides, "val": val, "test": test, "best_epoch": 3, "epochs": 5,
+        "fit_seconds": 10.0, "eval_seconds": 1.0, "wall_seconds": 10.0 + seed, "train_samples_per_s": 1e5,
+        "monitor": "val/ndcg@10", "monitor_mode": "max", "git_commit": None,
+    }
+    if with_key:
+        d["config_key"] = config_key(overrides)
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """2 configurations x 3 seeds of mf, + popularity (no rmse), as Hydra's numbered job dirs."""
+    num = 0
+    for cfg, seeds in VALUES.items():
+        for seed, (rmse, ndcg) in seeds.items():
+            ov = ["model=mf", f"optimizer.lr={LR[cfg]}", f"seed={seed}"]
+            test = {"test/rmse": rmse, "test/mae": rmse - 0.2, "test/ndcg@10": ndcg, "test/recall@10": ndcg * 2,
+                    "test/ndcg@20": ndcg * 1.5, "test/users_ranked": 900}
+            # config "a" has no config_key: report.py must recompute it (and strip the seed).
+            _write(tmp_path / str(num), _payload("mf", seed, ov, test, {"val/ndcg@10": ndcg}, cfg == "b"))
+            num += 1
+    pop_test = {"test/ndcg@10": 0.065, "test/recall@10": 0.11, "test/ndcg@20": 0.09}
+    _write(tmp_path / str(num), _payload("popularity", 7, ["model=popularity", "split.seed=7"], pop_test,
+                                         {"val/ndcg@10": 0.06}, True))
+    return tmp_path
+
+
+def _md_rows(md: str) -> list[list[str]]:
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_lower_is_better() -> None:
+    assert lower_is_better("test/rmse") and lower_is_better("val/mae") and lower_is_better("test/popularity@10")
+    assert lower_is_better("wall_seconds")
+    assert not lower_is_better("test/ndcg@10") and not lower_is_better("test/recall@20")
+
+
+def test_config_key_strips_seeds() -> None:
+    assert config_key(["seed=3", "model=mf", "+split.seed=4", "optimizer.lr=0.1"]) == "model=mf optimizer.lr=0.1"
+
+
+def test_load_runs_one_row_per_run(sweep: Path) -> None:
+    runs = load_runs([sweep])
+    assert len(runs) == 7 and len(find_metrics([sweep, sweep / "0"])) == 7
+    assert set(runs["config_key"]) == {"model=mf optimizer.lr=0.01", "model=mf optimizer.lr=0.001", "model=popularity"}
+    assert list(runs.columns[:6]) == ["model", "loss", "data", "split", "seed", "config_key"]
+    assert {"test/rmse", "test/ndcg@10", "val/ndcg@10", "best_epoch", "wall_seconds", "run_dir"} <= set(runs.columns)
+    assert runs.loc[runs["model"] == "popularity", "test/rmse"].isna().all()
+
+
+def test_leaderboard_aggregates_and_sorts(sweep: Path) -> None:
+    board = leaderboard(load_runs([sweep]))
+    assert board.attrs["primary"] == "test/ndcg@10"  # test twin of the monitor val/ndcg@10
+    assert list(board["model"]) == ["mf", "popularity", "mf"]  # ndcg 0.08 > 0.065 > 0.05
+    assert list(board["n_seeds"]) == [3, 1, 3]
+    a = board[board["config_key"] == "model=mf optimizer.lr=0.01"].iloc[0]
+    assert a["test/rmse_mean"] == pytest.approx(0.92) and a["test/rmse_std"] == pytest.approx(0.02)
+    assert pd.isna(board.loc[1, "test/ndcg@10_std"])
+    by_rmse = leaderboard(load_runs([sweep]), primary="test/rmse")
+    assert list(by_rmse["test/rmse_mean"].round(2)[:2]) == [0.86, 0.92] and by_rmse["test/rmse_mean"].isna().iloc[-1]
+    with pytest.raises(ValueError):
+        leaderboard(load_runs([sweep]), primary="test/nope")
+
+
+def test_write_leaderboard_csv_and_md(sweep: Path) -> None:
+    csv, md = write_leaderboard(sweep)
+    per_run = pd.read_csv(csv)
+    assert len(per_run) == 7 and list(per_run.columns[:6]) == ["model", "loss", "data", "split", "seed", "config_key"]
+    assert {"test/rmse", "test/mae", "test/ndcg@10", "test/users_ranked", "wall_seconds"} <= set(per_run.columns)
+    assert list(per_run["seed"][:3]) == [1, 2, 3] and per_run["test/ndcg@10"].iloc[0] == pytest.approx(0.07)
+    assert per_run.loc[per_run["model"] == "popularity", "test/rmse"].isna().all()
+
+    text = md.read_text()
+    assert "mean ± std" in text and "`test/ndcg@10` (higher is better)" in text
+    header, _, *rows = _md_rows(text)
+    assert header[:6] == ["configuration", "model", "loss", "data", "split", "n_seeds"]
+    assert header[6:] == ["test/rmse", "test/mae", "test/ndcg@10", "test/recall@10", "test/ndcg@20", "wall_seconds"]
+    assert len(rows) == 3  # one per configuration
+    col = {h: i for i, h in enumerate(header)}
+    b, pop, a = rows
+    assert a[0] == "`model=mf optimizer.lr=0.01`" and a[col["n_seeds"]] == "3"
+    assert a[col["test/rmse"]] == "0.920 ± 0.020" and a[col["test/ndcg@10"]] == "0.050 ± 0.010"
+    assert b[col["test/rmse"]] == "**0.860 ± 0.010**"  # lowest rmse wins
+    assert b[col["test/ndcg@10"]] == "**0.080 ± 0.010**"  # highest ndcg wins
+    assert pop[col["test/rmse"]] == "" and pop[col["test/mae"]] == ""  # not reported: empty cell
+    assert pop[col["test/ndcg@10"]] == "0.065" and pop[col["test/recall@10"]] == "0.110"  # one seed: mean only
+    assert pop[col["test/ndcg@20"]] == "0.090"  # not bold: b has 0.120
+    assert not any("**" in c for c in [*a[6:], *b[-1:]])  # wall time never bold
+    assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_corrupt_and_foreign_files_are_skipped(sweep: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (sweep / "99").mkdir()
+    (sweep / "99" / "metrics.json").write_text('{"format_version": 1, "model": ')
+    _write(sweep / "98", {"format_version": 2, "model": "mf"})
+    with caplog.at_level(logging.WARNING, logger="recarena.report"):
+        runs = load_runs([sweep])
+    assert len(runs) == 7
+    assert str(sweep / "99" / "metrics.json") in caplog.text and str(sweep / "98" / "metrics.json") in caplog.text
+
+
+def test_callback_writes_files(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    LeaderboardCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert (sweep / "leaderboard.csv").is_file() and (sweep / "leaderboard.md").is_file()
+    out = capsys.readouterr().out  # the rich table, folded to the captured terminal's width
+    assert "Leaderboard (sorted by test/ndcg@10" in out and "0.860" in out
+
+
+def test_callback_without_runs_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="recarena.report"):
+        LeaderboardCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "no metrics.json" in caplog.text and not list(tmp_path.iterdir())
+
+
+def test_atomic_write_cleans_up_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    with pytest.raises(OSError):
+        report._atomic_write(tmp_path / "leaderboard.md", "x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_rich_table_and_cli(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    table = leaderboard_table(load_runs([sweep]))
+    assert table.row_count == 3
+    console = Console(record=True, width=250)
+    console.print(table)
+    assert "0.920 ± 0.020" in console.export_text()
+    out = tmp_path_factory.mktemp("out")
+    assert report.main([str(sweep / "0"), str(sweep / "6"), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 2
+    assert report.main([str(out)]) == 1  # nothing to aggregate there

@@ -1,0 +1,23 @@
+"""Train and test one recommender configuration: ``python train.py model=mf loss=mse data=ml-100k``.
+
+Thin on purpose: everything happens in :func:`recarena.run.train`. Returns the monitored validation metric so
+Hydra's Optuna sweeper can optimise it.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from recarena.cli_errors import exit_on_user_error
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from recarena.run import train  # imported here so `--help` and config errors answer fast
+
+    with exit_on_user_error():
+        result = train(cfg)
+    return result["val"].get(str(cfg.eval.monitor))
+
+
+if __name__ == "__main__":
+    main()
