@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from test_curate import make_corpus
 
 from recarena.data import splits as S
 from recarena.data.corpus import Corpus, DataError
@@ -20,6 +19,7 @@ from recarena.data.splits import (
     make_split,
     split_stats,
 )
+from tests.test_curate import make_corpus
 
 CFGS = {
     "temporal": {"name": "temporal", "val_fraction": 0.1, "test_fraction": 0.1, "min_user_ratings": 3},

@@ -31,8 +31,8 @@ KEYS = ["config_key", "model", "loss", "data", "split"]  # what makes two runs "
 TIMES = ["wall_seconds", "fit_seconds", "train_samples_per_s"]
 EXTRAS = ["best_epoch", "epochs", *TIMES]
 SEED_KEYS = {"seed", "split.seed"}  # overrides that replicate a configuration rather than define one
-RANK_ORDER = ["ndcg", "recall", "precision", "hit", "hitrate", "mrr", "map", "coverage"]
-BOOKKEEPING = {"users_ranked"}  # counts, not scores: kept in the CSV, left out of the markdown
+RANK_ORDER = ["ndcg", "recall", "precision", "hit_rate", "mrr", "coverage", "popularity", "long_tail"]
+BOOKKEEPING = {"users_ranked", "users_skipped"}  # counts, not scores: kept in the CSV, left out of the markdown
 
 
 def lower_is_better(metric: str) -> bool:
@@ -138,6 +138,14 @@ def leaderboard(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
     return board
 
 
+def common_overrides(keys: pd.Series) -> list[str]:
+    """Overrides every configuration shares (e.g. the dataset of the whole sweep): said once, above the table."""
+    sets = [set(str(k or "").split()) for k in keys]
+    if len(sets) < 2:
+        return []
+    return sorted(set.intersection(*sets))
+
+
 def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Headers, cells and bold flags shared by the markdown and the rich table. A single seed
     shows the mean alone (no '± nan'); a metric a model does not report is an empty cell."""
@@ -146,8 +154,11 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
     shown = sorted([m for m in scores if m.startswith("test/")] or scores, key=_metric_key)
     shown += ["wall_seconds"] if "wall_seconds" in metrics else []
     headers = ["configuration", "model", "loss", "data", "split", "n_seeds", *shown]
-    cells = [[f"`{r.config_key}`" if r.config_key else "(default)", r.model, r.loss, r.data, r.split,
-              str(r.n_seeds)] for r in board.itertuples()]
+    common = common_overrides(board["config_key"])
+    cells = []
+    for r in board.itertuples():
+        own = " ".join(o for o in str(r.config_key or "").split() if o not in common)
+        cells.append([f"`{own}`" if own else "(common only)", r.model, r.loss, r.data, r.split, str(r.n_seeds)])
     bold = [[False] * len(headers) for _ in cells]
     for j, m in enumerate(shown, start=6):
         mean, std = board[f"{m}_mean"], board[f"{m}_std"]
@@ -164,6 +175,7 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
 def leaderboard_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a markdown table with a header line saying what was aggregated."""
     headers, cells, bold = _display(board)
+    common = common_overrides(board["config_key"])
     primary = board.attrs.get("primary", "?")
     way = "lower" if lower_is_better(primary) else "higher"
     lines = [
@@ -171,6 +183,7 @@ def leaderboard_markdown(board: pd.DataFrame) -> str:
         f"{int(board['n_seeds'].sum())} runs in {len(board)} configurations. Each cell is mean ± std "
         "(ddof=1) over the seeds of a configuration; a single seed shows its value alone. "
         f"Sorted by `{primary}` ({way} is better); best per metric in **bold**; empty = not reported.", "",
+        *([f"Overrides shared by every configuration: `{' '.join(common)}`", ""] if common else []),
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" if j < 5 else "---:" for j in range(len(headers))) + "|",
     ]

@@ -135,9 +135,19 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "git_commit": _git_commit(),
     }
     write_json_atomic(output_dir / "metrics.json", result)
+    _finish_loggers(trainer)
     if cfg.get("verbose", True):
         print_metrics(result)
     return result
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    """Close each logger's run: a W&B run left open would swallow the next job of a multirun."""
+    for logger in trainer.loggers:
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -236,6 +236,40 @@ def _index_items(frame: pd.DataFrame | None, item_ids: np.ndarray) -> pd.DataFra
     )
 
 
+def _dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique values and each value's index among them: ``np.unique(return_inverse=True)``, but
+    hashing the rows and sorting only the uniques (seconds saved on 25M ratings)."""
+    codes, uniques = pd.factorize(values)
+    order = np.argsort(uniques)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return uniques[order], rank[codes]
+
+
+def _latest_of_pairs(users: np.ndarray, items: np.ndarray, n_items: int, ts: np.ndarray) -> np.ndarray:
+    """File-order rows left after dropping duplicate (user, item) ratings, keeping the latest of each pair
+    (largest timestamp, then last in the file).
+
+    One stable int64 sort finds the duplicated pairs; only their rows get the (pair, timestamp, row) lexsort,
+    which on all rows of ML-25M would take ~15 s.
+    """
+    pair = users.astype(np.int64) * n_items + items
+    by_pair = np.argsort(pair, kind="stable")
+    same = pair[by_pair][1:] == pair[by_pair][:-1]
+    if not same.any():
+        return np.arange(len(pair))
+    in_dup = np.zeros(len(pair), dtype=bool)
+    in_dup[1:] |= same
+    in_dup[:-1] |= same
+    dup_rows = by_pair[in_dup]
+    dup_rows = dup_rows[np.lexsort((dup_rows, ts[dup_rows], pair[dup_rows]))]
+    dup_pair = pair[dup_rows]
+    keep = np.ones(len(pair), dtype=bool)
+    keep[dup_rows] = False
+    keep[dup_rows[np.r_[dup_pair[1:] != dup_pair[:-1], True]]] = True
+    return np.flatnonzero(keep)
+
+
 def build_corpus(
     name: str,
     ratings: pd.DataFrame,
@@ -282,20 +316,15 @@ def build_corpus(
     user_raw = ratings["user_id"].to_numpy(dtype=np.int64)
     item_raw = ratings["movie_id"].to_numpy(dtype=np.int64)
     ts = ratings["timestamp"].to_numpy(dtype=np.int64)
-    order = np.arange(len(ratings))
-    # Duplicate (user, item) ratings: keep the latest (largest timestamp, then last in the file).
-    # A stable lexsort puts each pair's latest last; np.unique on the reversed keys then finds it.
-    by_pair = np.lexsort((order, ts, item_raw, user_raw))
-    last_of_pair = np.ones(len(by_pair), dtype=bool)
-    same_as_next = (user_raw[by_pair][1:] == user_raw[by_pair][:-1]) & (item_raw[by_pair][1:] == item_raw[by_pair][:-1])
-    last_of_pair[:-1] = ~same_as_next
-    rows = np.sort(by_pair[last_of_pair])  # back to file order
+    # Index users and items first (a hash factorize, then a sort of the uniques only); dropping duplicate
+    # pairs below never removes a user or an item, so the indices stay dense.
+    user_ids, users_idx = _dense_index(user_raw)
+    item_ids, items_idx = _dense_index(item_raw)
+    rows = _latest_of_pairs(users_idx, items_idx, len(item_ids), ts)
     n_duplicates = len(ratings) - len(rows)
     if n_duplicates:
         log.warning("%s: %d duplicate (user, movie) ratings; kept the latest of each", source, n_duplicates)
-
-    user_ids, users_idx = np.unique(user_raw[rows], return_inverse=True)
-    item_ids, items_idx = np.unique(item_raw[rows], return_inverse=True)
+    users_idx, items_idx = users_idx[rows], items_idx[rows]
 
     item_table = (
         items.drop_duplicates("movie_id", keep="last")

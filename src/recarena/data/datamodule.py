@@ -16,11 +16,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from recarena.data.sources import load_corpus
 from torch.utils.data import DataLoader
 
 from recarena.data.corpus import Corpus
 from recarena.data.curate import curate, curation_key
+from recarena.data.sources import load_corpus
 from recarena.data.splits import Split, load_or_make_split, split_stats
 from recarena.data.views import ShuffledBatches
 from recarena.evaluation.heldout import EvalData
@@ -134,14 +134,20 @@ class MovieLensDataModule(L.LightningDataModule):
         return len(self.split.train)
 
     def train_dataloader(self) -> ShuffledBatches:
-        rank, world = 0, 1
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
+        rank, world = self._rank_and_world()
         return ShuffledBatches(self.train_tensors, self.batch_size, seed=self.seed, rank=rank, world_size=world)
 
     def _eval_loader(self, data: EvalData) -> DataLoader:
-        # batch_size=None: each dataset item is already a whole user chunk (a dict of tensors).
-        return DataLoader(data.dataset(self.user_chunk), batch_size=None, shuffle=False)
+        # batch_size=None: each dataset item is already a whole user chunk (a dict of tensors). Under DDP each
+        # process scores its own users (Lightning's sampler would pad ranks with repeated chunks and count some
+        # users twice; trainer=ddp sets use_distributed_sampler=false).
+        rank, world = self._rank_and_world()
+        return DataLoader(data.dataset(self.user_chunk, rank=rank, world_size=world), batch_size=None, shuffle=False)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_data)

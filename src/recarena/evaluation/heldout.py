@@ -43,7 +43,9 @@ BATCH_KEYS = ("users", "excl_row", "excl_item", "held_row", "held_item", "held_r
 def effective_chunk_size(user_chunk: int, n_items: int, max_cells: int = MAX_SCORE_CELLS) -> int:
     """Users per chunk: ``user_chunk`` capped so that ``chunk * n_items <= max_cells`` (at least 1)."""
     if int(user_chunk) < 1:
-        raise ValueError(f"eval.user_chunk must be a positive integer, got {user_chunk!r}: set it to e.g. 2048")
+        raise ValueError(
+            f"eval.user_chunk must be a positive integer, got {user_chunk!r}: set it to e.g. 2048"
+        )
     return max(1, min(int(user_chunk), max_cells // max(int(n_items), 1)))
 
 
@@ -123,7 +125,9 @@ class EvalData:
                 f"({ho_u.shape}, {ho_i.shape}, {ho_r.shape})"
             )
         if ho_r.size and not np.isfinite(ho_r).all():
-            raise DataError("EvalData: heldout_ratings holds NaN or infinite values: drop or fix those ratings")
+            raise DataError(
+                "EvalData: heldout_ratings holds NaN or infinite values: drop or fix those ratings"
+            )
 
         # Stable sort by user: a user's entries stay in input order, so batches round-trip exactly.
         ex_order = np.argsort(ex_u, kind="stable")
@@ -180,6 +184,12 @@ class EvalData:
         some users twice; torchmetrics sums the per-rank states, so disjoint shards give exact metrics.
         """
         return EvalChunks(self, effective_chunk_size(chunk_size, self.n_items, max_cells), rank, world_size)
+
+    def dataset(
+        self, chunk_size: int, *, rank: int = 0, world_size: int = 1, max_cells: int = MAX_SCORE_CELLS
+    ) -> EvalChunks:
+        """Alias of :meth:`batches` (the name the datamodule uses)."""
+        return self.batches(chunk_size, rank=rank, world_size=world_size, max_cells=max_cells)
 
 
 class EvalChunks(Dataset):

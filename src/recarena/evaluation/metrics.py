@@ -132,7 +132,7 @@ class RankingMetrics(Metric):
         self.keep_per_user = bool(keep_per_user)
         self.k_max = max(ks)
 
-        # Constants, kept as plain CPU tensors (not buffers, so a module-wide ``.half()``/``.to(dtype)`` cannot
+        # Constants as plain CPU tensors (not buffers: a module-wide ``.half()``/``.to(dtype)`` must not
         # round them) and copied to the scores' device on first use there.
         k_max = self.k_max
         ranks = torch.arange(1, k_max + 1, dtype=torch.float64)
@@ -162,7 +162,9 @@ class RankingMetrics(Metric):
         self.add_state("long_tail_slots", default=torch.zeros(n_k, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("slots", default=torch.zeros(n_k, dtype=torch.int64), dist_reduce_fx="sum")
         # Times each item was recommended in a top-K list (coverage = share of items with a non-zero count).
-        self.add_state("rec_count", default=torch.zeros(n_k, self.n_items, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state(
+            "rec_count", default=torch.zeros(n_k, self.n_items, dtype=torch.int64), dist_reduce_fx="sum"
+        )
         self.add_state("users_ranked", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("users_skipped", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         if self.keep_per_user:
@@ -232,7 +234,8 @@ class RankingMetrics(Metric):
         # Coverage: add 1 to rec_count[j, item] for every valid slot inside the top ks[j]; flattening
         # (j, item) to j * n_items + item makes it one index_add_ (deterministic on CUDA).
         in_k = prefix[:, None, :] & valid[None, :, :]  # (n_k, B', k_max)
-        flat = (torch.arange(len(self.ks), device=top.device)[:, None, None] * self.n_items + safe_top[None])[in_k]
+        k_offset = torch.arange(len(self.ks), device=top.device)[:, None, None] * self.n_items
+        flat = (k_offset + safe_top[None])[in_k]
         self.rec_count.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
         if self.keep_per_user:
@@ -306,3 +309,8 @@ class RatingMetrics(MetricCollection):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
         super().update(pred.detach().reshape(-1).float(), target.reshape(-1).float())
+
+    @property
+    def update_count(self) -> int:
+        """Number of ``update`` calls since the last reset (0: nothing to compute), like ``Metric``'s."""
+        return self["rmse"].update_count

@@ -28,7 +28,9 @@ def dense_masks(
     device = users.device
     n_rows = users.shape[0]
     exclude = torch.zeros((n_rows, n_items), dtype=torch.bool, device=device)
-    exclude.index_put_((batch["excl_row"], batch["excl_item"]), torch.ones((), dtype=torch.bool, device=device))
+    exclude.index_put_(
+        (batch["excl_row"], batch["excl_item"]), torch.ones((), dtype=torch.bool, device=device)
+    )
     held_row, held_item = batch["held_row"], batch["held_item"]
     if relevance_threshold is not None:
         keep = batch["held_rating"] >= relevance_threshold
@@ -39,18 +41,20 @@ def dense_masks(
 
 
 def _ordered_int(scores: torch.Tensor) -> torch.Tensor:
-    """Map float32 scores to int64 with the same order (a monotone bijection of the float32 values).
+    """Map scores to int64 keys that compare exactly like the scores do as float32.
 
     IEEE-754 bit patterns of non-negative floats already sort like integers; for negative floats (sign bit
     set, negative as int32) the magnitude bits run backwards, so flipping the 31 low bits restores the
-    order. ``+ 0.0`` turns -0.0 into +0.0 first so the two zeros tie, as they compare equal as floats;
-    NaN is mapped to -inf (lowest rankable score) so a broken model gives deterministic, not random, lists.
+    order (``bits ^ ((bits >> 31) & 0x7FFFFFFF)``: the arithmetic shift is -1 for negatives, 0 otherwise).
+    Distinct float32 values get distinct keys in the same order. ``+ 0.0`` turns -0.0 into +0.0 first so
+    the two zeros tie, as they compare equal; NaN is mapped to -inf (the lowest rankable score) so a broken
+    model gives deterministic lists rather than NaN-first ones.
     """
-    s = scores.to(torch.float32) + 0.0
-    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    s = scores.to(torch.float32) + 0.0  # always a fresh tensor, safe to modify in place
+    s.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     bits = s.view(torch.int32)
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    return ordered.to(torch.int64)
+    bits.bitwise_xor_(bits.bitwise_right_shift(31).bitwise_and_(0x7FFFFFFF))
+    return bits.to(torch.int64)
 
 
 def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,17 +63,19 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     Order: higher score first; equal scores (as float32) by lower item index -- exact and deterministic on
     every device. ``torch.topk`` gives no tie order, so each score is turned into the integer key
     ``ordered(score) * 2**b + (2**b - 1 - item)`` with ``b`` bits for item indices: the key order is the
-    lexicographic order (score desc, item asc), the keys are distinct, and because ``ordered`` is a
-    monotone bijection of float32 values, distinct float32 scores can never be reordered (unlike adding
-    an epsilon to the floats). ``topk`` on these int64 keys is therefore exact. Scores in another dtype are
+    lexicographic order (score desc, item asc), the keys are distinct, and because ``ordered`` is strictly
+    order-preserving on float32 values, distinct float32 scores can never be reordered (as adding a small
+    epsilon to the floats could). ``topk`` on these int64 keys is therefore exact. Scores in another dtype are
     compared after conversion to float32.
 
     Excluded items get a key below every real key; positions that fall on one (the user has fewer than
     ``k`` rankable items), and positions past the catalog when ``k > n_items``, hold :data:`NO_ITEM` (-1).
     """
     if scores.ndim != 2 or exclude.shape != scores.shape:
-        raise ValueError(f"scores and exclude must both be (B, n_items), got {tuple(scores.shape)} and "
-                         f"{tuple(exclude.shape)}")
+        raise ValueError(
+            f"scores and exclude must both be (B, n_items), got {tuple(scores.shape)} and "
+            f"{tuple(exclude.shape)}"
+        )
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_rows, n_items = scores.shape
@@ -77,9 +83,10 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     # |ordered| <= 2**31, so |key| < 2**(31 + bits) <= 2**62 for any catalog below 2**31 items: no overflow,
     # and the sentinel below stays strictly lower than every real key.
     tie_break = (2**bits - 1) - torch.arange(n_items, device=scores.device, dtype=torch.int64)
-    keys = _ordered_int(scores) * (2**bits) + tie_break
+    # In place: a chunk holds up to ~64M cells, so each int64 temporary is ~0.5 GiB.
+    keys = _ordered_int(scores).mul_(2**bits).add_(tie_break)
     sentinel = torch.iinfo(torch.int64).min
-    keys = keys.masked_fill(exclude, sentinel)
+    keys.masked_fill_(exclude, sentinel)
     k_eff = min(k, n_items)
     top_keys, top = torch.topk(keys, k_eff, dim=1, largest=True, sorted=True)
     top = top.masked_fill(top_keys == sentinel, NO_ITEM)
