@@ -141,7 +141,7 @@ def leaderboard(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
 def common_overrides(keys: pd.Series) -> list[str]:
     """Overrides every configuration shares (e.g. the dataset of the whole sweep): said once, above the table."""
     sets = [set(str(k or "").split()) for k in keys]
-    if len(sets) < 2:
+    if not sets:
         return []
     return sorted(set.intersection(*sets))
 
@@ -194,13 +194,18 @@ def leaderboard_markdown(board: pd.DataFrame) -> str:
 
 
 def leaderboard_table(df: pd.DataFrame) -> Table:
-    """Rich rendering for the terminal; accepts a leaderboard or the per-run frame."""
+    """Rich rendering for the terminal; accepts a leaderboard or the per-run frame.
+
+    Terminals are narrow: identity columns shared by every row go to the title, only the main metrics are shown
+    (the markdown and CSV hold all of them), and cells fold instead of being cut.
+    """
     board = df if "n_seeds" in df.columns else leaderboard(df)
     headers, cells, bold = _display(board)
-    # Terminals are narrow: identity columns shared by every row go to the title, cells fold.
-    same = {j: cells[0][j] for j in range(1, 5) if len(cells) > 1 and len({r[j] for r in cells}) == 1}
-    keep = [j for j in range(len(headers)) if j not in same]
-    note = "".join(f", {headers[j]}={v}" for j, v in same.items())
+    same = {j: cells[0][j] for j in range(1, 5) if len({r[j] for r in cells}) == 1}
+    if all(r[0] == "(common only)" for r in cells):
+        same[0] = ""
+    keep = [j for j in range(len(headers)) if j not in same and (j < 6 or _terminal_metric(headers[j], board))]
+    note = "".join(f", {headers[j]}={v}" for j, v in same.items() if j)
     table = Table(title=f"Leaderboard (sorted by {board.attrs.get('primary', '?')}{note})")
     for j in keep:
         short = headers[j].removeprefix("test/").replace("n_seeds", "n").replace("wall_seconds", "wall s")
@@ -208,6 +213,19 @@ def leaderboard_table(df: pd.DataFrame) -> Table:
     for row, flags in zip(cells, bold, strict=True):  # Text, not markup: overrides may hold '[...]'
         table.add_row(*(Text(row[j].strip("`"), style="bold" if flags[j] else "") for j in keep))
     return table
+
+
+#: The metrics a terminal has room for; the markdown and CSV carry all of them.
+TERMINAL_METRICS = ("rmse", "mae", "ndcg", "recall", "hit_rate", "coverage")
+
+
+def _terminal_metric(header: str, board: pd.DataFrame) -> bool:
+    """Rating errors and the main ranking metrics at the smallest K, the primary metric, and wall time."""
+    if header in (board.attrs.get("primary"), "wall_seconds"):
+        return True
+    base, _, k = header.rpartition("/")[2].partition("@")
+    ks = [int(c.split("@")[1].split("_")[0]) for c in board.columns if "@" in c and c.split("@")[1][0].isdigit()]
+    return base in TERMINAL_METRICS and (not k or not ks or int(k) == min(ks))
 
 
 def _atomic_write(path: Path, text: str) -> None:
