@@ -32,7 +32,7 @@ def recarena_side(overrides: list[str], seconds: float, out: Path) -> tuple[floa
     """Train through Lightning with the real datamodule; returns (samples/s, seconds per epoch)."""
     cfg = compose_config(
         [*overrides, "trainer=cpu", "trainer.enable_progress_bar=false", "~logger", "~callbacks",
-         "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false", "verbose=false", "test=false"],
+         "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false", "verbose=false", "test=false"],
         out,
     )
     dm = build_datamodule(cfg, "pairs")
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--n-ratings", type=int, default=2_000_000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
     parser.add_argument("--optimizer", default="adam", help="optimizer= option for both sides")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     parser.add_argument("--skip-ml100k", action="store_true", help="skip the ML-100K epoch times")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
@@ -105,10 +106,15 @@ def main() -> None:
         out = Path(tmp)
         for batch in args.batch_sizes:
             overrides = [*data, "model=mf", f"optimizer={args.optimizer}", f"batch_size={batch}"]
-            bare, _ = bare_side(overrides, args.seconds, out)
-            ours, _ = recarena_side(overrides, args.seconds, out)
+            # Alternate the two sides in rounds, so a slow spell of the machine hits both alike.
+            bare_rates, our_rates = [], []
+            for _ in range(args.rounds):
+                bare_rates.append(bare_side(overrides, args.seconds / args.rounds, out)[0])
+                our_rates.append(recarena_side(overrides, args.seconds / args.rounds, out)[0])
+            bare, ours = sum(bare_rates) / args.rounds, sum(our_rates) / args.rounds
+            rounds = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
             print(f"batch {batch:>5}: bare loop {bare:>12,.0f} samples/s | recarena {ours:>12,.0f} samples/s | "
-                  f"ratio {ours / bare:.3f}")
+                  f"ratio {ours / bare:.3f} (per round: {rounds})")
         if not args.skip_ml100k:
             for batch in (64, 1024):
                 overrides = ["data=ml-100k", "split=random", "model=mf", f"optimizer={args.optimizer}",

@@ -13,6 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+#: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.
+REAL_DATA_CACHE = Path(os.environ.get("RECARENA_DATA", Path.home() / ".cache" / "recarena")).expanduser()
 
 #: Small but not trivial: every model learns something in one or two epochs, in about a second.
 TINY_DATA = ["data=synthetic", "data.n_users=120", "data.n_items=80", "data.n_ratings=4000"]
@@ -58,7 +60,7 @@ def make_cfg(tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def ml100k_cache() -> Path:
     """The real ML-100K cache; tests that need it fail (not skip) with the way to fill it when it is missing."""
-    root = Path(os.environ.get("RECARENA_DATA", Path.home() / ".cache" / "recarena")).expanduser()
+    root = REAL_DATA_CACHE
     candidates = [root / "ml-100k", root / "ml-100k-recbole"]
     if not any(p.exists() and any(p.iterdir()) for p in candidates):
         pytest.fail(

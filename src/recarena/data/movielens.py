@@ -8,6 +8,7 @@ to find the first bad line (bad files are rare, fast reads are the common case).
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,21 +30,15 @@ ML100K_GENRES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 GENOME_TOP_K = 20
+CSV_OPTIONAL = ("tags.csv", "genome-scores.csv", "genome-tags.csv")
 RATING_TYPES = {"user_id": pa.int32(), "movie_id": pa.int32(), "rating": pa.float32(), "timestamp": pa.int64()}
 _NULLS = {"", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "n/a", "na", "null", "nan"}
 
 
 def read_delimited(
-    path: Path,
-    types: Mapping[str, pa.DataType | None],
-    *,
-    sep: str = ",",
-    header: bool = True,
-    encoding: str = "utf8",
-    quoted: bool = True,
-    multiline: bool = False,
-    options: Mapping[str, str] | None = None,
-) -> pd.DataFrame:
+    path: Path, types: Mapping[str, pa.DataType | None], *, sep: str = ",", header: bool = True,
+    encoding: str = "utf8", quoted: bool = True, multiline: bool = False, options: Mapping[str, str] | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """Read the ``types`` columns of a delimited file (type None = inferred) with pyarrow.
 
     Without a header, ``types`` names every column in file order. A multi-character ``sep`` (ML-1M's ``::``)
@@ -60,10 +55,8 @@ def read_delimited(
     read = pacsv.ReadOptions(encoding=encoding, column_names=None if header else names, block_size=1 << 22)
     parse = pacsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False, newlines_in_values=multiline)
     if header:
-        _check_columns(path, source, read, parse, names, options or {})
-    convert = pacsv.ConvertOptions(
-        column_types={k: v for k, v in types.items() if v is not None}, include_columns=names
-    )
+        _check_columns(path, source, encoding, sep, names, options or {})
+    convert = pacsv.ConvertOptions(column_types={k: v for k, v in types.items() if v}, include_columns=names)
     try:
         table = pacsv.read_csv(_rewind(source), read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as err:
@@ -77,12 +70,15 @@ def _rewind(source: str | io.BytesIO) -> str | io.BytesIO:
     return source
 
 
-def _check_columns(path, source, read, parse, names: Sequence[str], options: Mapping[str, str]) -> None:
-    try:
-        with pacsv.open_csv(_rewind(source), read_options=read, parse_options=parse) as reader:
-            present = reader.schema.names
-    except (pa.ArrowInvalid, StopIteration) as err:
-        raise DataError(f"{path}: cannot read the header line ({err}).") from err
+def _check_columns(path: Path, source, encoding: str, sep: str, names: Sequence[str], options: Mapping[str, str]) -> None:
+    """A missing column is a config error (wrong file or column option), named before any parsing."""
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[: 1 << 16]
+    else:
+        with pa.input_stream(source, compression="detect") as f:  # also reads .gz/.bz2 custom files
+            head = f.read(1 << 16)
+    line = head.split(b"\n", 1)[0].decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\r")
+    present = next(csv.reader([line], delimiter=sep), [])
     for col in names:
         if col not in present:
             fix = f"set {options[col]}=<column name>" if col in options else "is it the right file?"
@@ -98,12 +94,8 @@ def _locate_error(path, source, read, parse, types, header: bool, err: Exception
         return "error"
 
     slow_read = pacsv.ReadOptions(encoding=read.encoding, column_names=read.column_names, use_threads=False)
-    slow_parse = pacsv.ParseOptions(
-        delimiter=parse.delimiter,
-        quote_char=parse.quote_char,
-        newlines_in_values=parse.newlines_in_values,
-        invalid_row_handler=on_invalid,
-    )
+    slow_parse = pacsv.ParseOptions(delimiter=parse.delimiter, quote_char=parse.quote_char,
+                                    newlines_in_values=parse.newlines_in_values, invalid_row_handler=on_invalid)  # fmt: skip
     as_text = pacsv.ConvertOptions(column_types=dict.fromkeys(types, pa.string()), include_columns=list(types))
     try:
         table = pacsv.read_csv(_rewind(source), read_options=slow_read, parse_options=slow_parse, convert_options=as_text)
@@ -147,6 +139,7 @@ def split_title(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _items(movie_id: pd.Series, raw_title: pd.Series, genres: pd.Series) -> pd.DataFrame:
     title, year = split_title(raw_title)
+    genres = genres.astype("string").fillna("(no genres listed)")
     return pd.DataFrame({"movie_id": movie_id, "title": title, "year": year, "genres": genres})
 
 
@@ -166,6 +159,9 @@ def _no_empty(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- ML-100K
+_BAR, _TAB = {"sep": "|", "header": False, "quoted": False}, {"sep": "\t", "quoted": False}
+
+
 def parse_ml100k(root: Path, name: str = "ml-100k", scale: RatingScale = FIVE_STARS) -> Corpus:
     """ML-100K in either layout: GroupLens' ``u.data``... or RecBole's ``ml-100k.inter``... (the PyPI copy)."""
     root = Path(root)
@@ -181,19 +177,15 @@ def parse_ml100k_official(root: Path, name: str = "ml-100k", scale: RatingScale 
     ratings = _no_empty(read_delimited(root / "u.data", RATING_TYPES, sep="\t", header=False, quoted=False), root)
     genre_names: Sequence[str] = ML100K_GENRES
     if (root / "u.genre").is_file():
-        genre_table = read_delimited(
-            root / "u.genre", {"genre": pa.string(), "index": pa.int32()}, sep="|", header=False, quoted=False
-        )
-        genre_names = genre_table.sort_values("index")["genre"].tolist()
+        table = read_delimited(root / "u.genre", {"genre": pa.string(), "i": pa.int32()}, **_BAR)
+        genre_names = table.sort_values("i")["genre"].tolist()
     flag_cols = [f"genre_{j}" for j in range(len(genre_names))]
     item_types = {"movie_id": pa.int32(), "raw_title": pa.string(), "release": pa.string()}
     item_types |= {"video": pa.string(), "url": pa.string()} | dict.fromkeys(flag_cols, pa.int8())
-    raw = read_delimited(root / "u.item", item_types, sep="|", header=False, encoding="latin1", quoted=False)
+    raw = read_delimited(root / "u.item", item_types, **_BAR, encoding="latin1")
     genres = _flags_to_genres(raw[flag_cols].fillna(0).to_numpy(), genre_names)
     user_types = {"user_id": pa.int32(), "age": pa.int32(), "gender": pa.string(), "occupation": pa.string()}
-    users = read_delimited(
-        root / "u.user", user_types | {"zip_code": pa.string()}, sep="|", header=False, quoted=False
-    )
+    users = read_delimited(root / "u.user", user_types | {"zip_code": pa.string()}, **_BAR)
     corpus = build_corpus(
         name, ratings, _items(raw["movie_id"], raw["raw_title"], genres), scale,
         source=str(root / "u.data"), users=users, line_offset=1,
@@ -210,23 +202,21 @@ def parse_ml100k_recbole(root: Path, name: str = "ml-100k", scale: RatingScale =
     """
     root = Path(root)
     inter_types = {"user_id:token": pa.int32(), "item_id:token": pa.int32(), "rating:float": pa.float32()}
-    inter = read_delimited(
-        root / "ml-100k.inter", inter_types | {"timestamp:float": pa.float64()}, sep="\t", quoted=False
-    )
+    inter = read_delimited(root / "ml-100k.inter", inter_types | {"timestamp:float": pa.float64()}, **_TAB)
     ratings = _no_empty(inter.set_axis(list(RATING_TYPES), axis=1), root)
     item_types = {"item_id:token": pa.int32(), "movie_title:token_seq": pa.string()}
     item_types |= {"release_year:token": pa.string(), "class:token_seq": pa.string()}
-    raw = read_delimited(root / "ml-100k.item", item_types, sep="\t", quoted=False)
+    raw = read_delimited(root / "ml-100k.item", item_types, **_TAB)
     title = raw["movie_title:token_seq"].astype("string").str.strip().replace("unkonwn", "unknown")
     year = raw["release_year:token"].astype("string").str.strip().replace("unkonwn", pd.NA)
     raw_title = (title + " (" + year + ")").fillna(title)
     genres = raw["class:token_seq"].astype("string").str.strip().str.replace(r"\s+", "|", regex=True)
     user_types = {"user_id:token": pa.int32(), "age:token": pa.int32(), "gender:token": pa.string()}
     user_types |= {"occupation:token": pa.string(), "zip_code:token": pa.string()}
-    users = read_delimited(root / "ml-100k.user", user_types, sep="\t", quoted=False)
+    users = read_delimited(root / "ml-100k.user", user_types, **_TAB)
     users.columns = [c.split(":")[0] for c in users.columns]
     corpus = build_corpus(
-        name, ratings, _items(raw["item_id:token"], raw_title, genres.fillna("(no genres listed)")), scale,
+        name, ratings, _items(raw["item_id:token"], raw_title, genres), scale,
         source=str(root / "ml-100k.inter"), users=users, line_offset=2,
     )  # fmt: skip
     corpus.extra["layout"] = "recbole"
@@ -252,9 +242,8 @@ def parse_csv_release(root: Path, name: str = "ml-latest-small", scale: RatingSc
     root = Path(root)
     types = {"userId": pa.int32(), "movieId": pa.int32(), "rating": pa.float32(), "timestamp": pa.int64()}
     ratings = _no_empty(read_delimited(root / "ratings.csv", types).set_axis(list(RATING_TYPES), axis=1), root)
-    movies = read_delimited(
-        root / "movies.csv", {"movieId": pa.int32(), "title": pa.string(), "genres": pa.string()}, multiline=True
-    )
+    movie_types = {"movieId": pa.int32(), "title": pa.string(), "genres": pa.string()}
+    movies = read_delimited(root / "movies.csv", movie_types, multiline=True)
     items = _items(movies["movieId"], movies["title"], movies["genres"])
     tags = read_tags(root / "tags.csv") if (root / "tags.csv").is_file() else None
     genome = None
@@ -284,37 +273,21 @@ def read_genome(scores_path: Path, tags_path: Path, top_k: int = GENOME_TOP_K) -
     # One int64 sort instead of a two-key lexsort: movie id in the high bits, (1 - relevance) in 24 low bits.
     key = (movie << 25) | np.round((1.0 - rel) * (1 << 24)).astype(np.int64)
     order = np.argsort(key, kind="stable")
-    sorted_movie = movie[order]
-    start = np.r_[True, sorted_movie[1:] != sorted_movie[:-1]]
-    first = np.flatnonzero(start)
+    first = np.flatnonzero(np.r_[True, movie[order][1:] != movie[order][:-1]])  # each movie's first row
     rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
     top = order[rank < top_k]
     names = read_delimited(tags_path, {"tagId": pa.int32(), "tag": pa.string()}).set_index("tagId")["tag"]
-    return pd.DataFrame(
-        {
-            "movie_id": movie[top],
-            "tag": names.reindex(scores["tagId"].to_numpy()[top]).astype("string").to_numpy(),
-            "relevance": scores["relevance"].to_numpy(dtype=np.float32)[top],
-        }
-    )
+    tag = names.reindex(scores["tagId"].to_numpy()[top]).astype("string").to_numpy()
+    return pd.DataFrame({"movie_id": movie[top], "tag": tag, "relevance": rel[top].astype(np.float32)})
 
 
 # ---------------------------------------------------------------------------------------------- custom
 def parse_custom(
-    path: Path,
-    *,
-    items_path: Path | None = None,
-    sep: str = ",",
-    user_col: str = "userId",
-    item_col: str = "movieId",
-    rating_col: str = "rating",
-    timestamp_col: str | None = "timestamp",
-    title_col: str = "title",
-    genres_col: str | None = "genres",
-    genres_sep: str = "|",
-    scale: RatingScale = HALF_STARS,
-    name: str = "custom",
-) -> Corpus:
+    path: Path, *, items_path: Path | None = None, sep: str = ",", user_col: str = "userId",
+    item_col: str = "movieId", rating_col: str = "rating", timestamp_col: str | None = "timestamp",
+    title_col: str = "title", genres_col: str | None = "genres", genres_sep: str = "|",
+    scale: RatingScale = HALF_STARS, name: str = "custom",
+) -> Corpus:  # fmt: skip
     """A user's own ratings file (and optional items file); column names come from ``conf/data/custom.yaml``."""
     path = Path(path)
     if not path.is_file():
@@ -324,12 +297,9 @@ def parse_custom(
     if timestamp_col:
         cols[timestamp_col], opts[timestamp_col] = None, "data.timestamp_col"
     raw = read_delimited(path, cols, sep=sep, options=opts)
-    ratings = pd.DataFrame(
-        {"user_id": raw[user_col], "movie_id": raw[item_col], "rating": raw[rating_col]}
-    )
-    ratings["timestamp"] = (
-        _epoch_seconds(raw[timestamp_col], path, timestamp_col) if timestamp_col else np.arange(len(raw))
-    )
+    ratings = pd.DataFrame({"user_id": raw[user_col], "movie_id": raw[item_col], "rating": raw[rating_col]})
+    # No timestamp column: the file order is the time order (0, 1, 2, ... so time-based splits still work).
+    ratings["timestamp"] = _epoch_seconds(raw[timestamp_col], path, timestamp_col) if timestamp_col else np.arange(len(raw))
     if items_path is None:
         ids = pd.Series(ratings["movie_id"].dropna().unique()).astype("int64")
         items = pd.DataFrame({"movie_id": ids, "title": ids.astype(str), "year": pd.NA, "genres": "(no genres listed)"})
@@ -340,12 +310,8 @@ def parse_custom(
         icols = {item_col: pa.int64(), title_col: pa.string()} | ({genres_col: pa.string()} if genres_col else {})
         iopts = {item_col: "data.item_col", title_col: "data.title_col", genres_col: "data.genres_col"}
         raw_items = read_delimited(items_path, icols, sep=sep, multiline=sep == ",", options=iopts)
-        genres = (
-            raw_items[genres_col].astype("string").str.replace(genres_sep, "|", regex=False)
-            if genres_col
-            else pd.Series("(no genres listed)", index=raw_items.index)
-        )
-        items = _items(raw_items[item_col], raw_items[title_col], genres.fillna("(no genres listed)"))
+        genres = raw_items[genres_col].astype("string").str.replace(genres_sep, "|", regex=False) if genres_col else None
+        items = _items(raw_items[item_col], raw_items[title_col], pd.Series(genres, index=raw_items.index))
     corpus = build_corpus(name, _no_empty(ratings, path), items, scale, source=str(path), line_offset=2)
     corpus.extra["file_order_time"] = not timestamp_col
     return corpus
@@ -355,9 +321,8 @@ def _epoch_seconds(col: pd.Series, path: Path, name: str) -> pd.Series:
     """Numbers are epoch seconds; dates/times (which pyarrow infers) are converted to them."""
     if pd.api.types.is_numeric_dtype(col):
         return col
-    if pd.api.types.is_datetime64_any_dtype(col):
-        secs = col.astype("datetime64[s]").astype("int64").astype("float64")
-        return secs.where(col.notna())
+    if pd.api.types.is_datetime64_any_dtype(col):  # NaT -> NaN: dropped and counted
+        return (col - pd.Timestamp(0, tz=col.dt.tz)) // pd.Timedelta(seconds=1)
     raise DataError(
         f"{path}: column {name!r} is neither epoch seconds nor a date; fix the column or set "
         f"data.timestamp_col=null to use the file order."

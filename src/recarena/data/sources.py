@@ -3,7 +3,7 @@ PyPI, and the parsed-corpus cache. :func:`load_corpus` is the single entry point
 
 Every write (download, extraction, generated data, parsed corpus) goes to a temp name in the target's
 directory and is renamed into place, so an interrupted run never leaves something a later run reads as
-complete. Run ``python -m recarena.data.sources fetch ml-100k`` to fill the cache ahead of time (``make data``).
+complete. ``python -m recarena.data.sources fetch ml-100k`` fills the cache ahead of time (``make data``).
 """
 
 from __future__ import annotations
@@ -32,22 +32,19 @@ from recarena.data import movielens as ml
 from recarena.data.corpus import CORPUS_FORMAT_VERSION, Corpus, DataError, RatingScale
 from recarena.data.synthetic import ensure_synthetic
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("recarena.data.sources")  # the same name when run as __main__
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_CACHE_DIR = "~/.cache/recarena"
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
-RECBOLE_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 RECBOLE_MEMBER_DIR = "recbole/dataset_example/ml-100k/"
+RECBOLE_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 RECBOLE_DIRNAME = "ml-100k-recbole"
-#: Set (to 1) to skip GroupLens for ML-100K and go straight to PyPI (CI has no GroupLens).
+#: Set to 1 to skip GroupLens for ML-100K and go straight to PyPI (CI has no GroupLens: no 10 s timeout).
 PYPI_ONLY_ENV = "RECARENA_PYPI_ONLY"
-
-Parser = Callable[[Path, str, RatingScale], Corpus]
-_CSV = ("ratings.csv", "movies.csv")
-_CSV_OPTIONAL = ("tags.csv", "genome-scores.csv", "genome-tags.csv")
+_NET_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 class DownloadError(DataError):
@@ -62,63 +59,55 @@ class ChecksumError(DataError):
 class Release:
     """A MovieLens release: where to get it and how to read it.
 
-    ``checksum`` is ``"md5:<hex>"`` / ``"sha256:<hex>"`` for frozen releases; None for the ones GroupLens
-    refreshes (ml-latest*), which are checked against the ``<url>.md5`` published beside the zip.
+    ``checksum`` is ``"md5:<hex>"`` / ``"sha256:<hex>"`` for frozen releases; None for those GroupLens
+    refreshes (ml-latest*) or whose sum is not pinned here, checked against the ``<url>.md5`` beside the zip.
     """
 
     name: str
     url: str
-    dirname: str
-    files: tuple[str, ...]
+    dirname: str  # the directory inside the zip
+    files: tuple[str, ...]  # what the parser needs
     scale: RatingScale
-    parser: Parser
+    parser: Callable[[Path, str, RatingScale], Corpus]
     checksum: str | None
     optional_files: tuple[str, ...] = ()
 
 
-def _release(name: str, files, scale, parser, checksum=None, optional=_CSV_OPTIONAL) -> Release:
+def _release(name: str, files, scale, parser, checksum=None, optional=ml.CSV_OPTIONAL) -> Release:
     return Release(name, f"{BASE_URL}/{name}.zip", name, tuple(files), scale, parser, checksum, tuple(optional))
 
 
+_CSV, _FIVE, _HALF = ("ratings.csv", "movies.csv"), ml.FIVE_STARS, ml.HALF_STARS
 RELEASES: dict[str, Release] = {
-    "ml-100k": _release(
-        "ml-100k", ("u.data", "u.item", "u.user"), ml.FIVE_STARS, ml.parse_ml100k,
-        "md5:0e33842e24a9c977be4e0107933c0723", ("u.genre",),
-    ),
-    "ml-1m": _release(
-        "ml-1m", ("ratings.dat", "movies.dat", "users.dat"), ml.FIVE_STARS, ml.parse_ml1m,
-        "md5:c4d9eecfca2ab87c1945afe126590906", (),
-    ),
-    "ml-latest-small": _release("ml-latest-small", _CSV, ml.HALF_STARS, ml.parse_csv_release),
-    "ml-latest": _release("ml-latest", _CSV, ml.HALF_STARS, ml.parse_csv_release),
-    "ml-25m": _release(
-        "ml-25m", _CSV, ml.HALF_STARS, ml.parse_csv_release, "md5:6b51fb2759a8657d3bfcbfc42b592ada"
-    ),
-    # No pinned checksum known here: verified against the published <url>.md5 like the refreshed releases.
-    "ml-32m": _release("ml-32m", _CSV, ml.HALF_STARS, ml.parse_csv_release),
+    "ml-100k": _release("ml-100k", ("u.data", "u.item", "u.user"), _FIVE, ml.parse_ml100k,
+                        "md5:0e33842e24a9c977be4e0107933c0723", ("u.genre",)),
+    "ml-1m": _release("ml-1m", ("ratings.dat", "movies.dat", "users.dat"), _FIVE, ml.parse_ml1m,
+                      "md5:c4d9eecfca2ab87c1945afe126590906", ()),
+    "ml-latest-small": _release("ml-latest-small", _CSV, _HALF, ml.parse_csv_release),
+    "ml-latest": _release("ml-latest", _CSV, _HALF, ml.parse_csv_release),
+    "ml-25m": _release("ml-25m", _CSV, _HALF, ml.parse_csv_release, "md5:6b51fb2759a8657d3bfcbfc42b592ada"),
+    "ml-32m": _release("ml-32m", _CSV, _HALF, ml.parse_csv_release),  # sum not pinned: the published .md5
 }  # fmt: skip
 
 
 def get_release(name: str) -> Release:
     if name not in RELEASES:
-        known = ", ".join([*RELEASES, "synthetic", "custom"])
-        raise DataError(f"Unknown dataset {name!r}; known: {known} (set data=<one of them>).")
+        raise DataError(f"Unknown dataset {name!r}; known: {', '.join([*RELEASES, 'synthetic', 'custom'])}.")
     return RELEASES[name]
 
 
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """The cache directory, ``~`` and ``$VARS`` expanded (RECARENA_DATA, else ~/.cache/recarena)."""
+    """The cache directory, ``~`` and ``$VARS`` expanded (default: $RECARENA_DATA, else ~/.cache/recarena)."""
     raw = cache_dir if cache_dir not in (None, "") else os.environ.get("RECARENA_DATA", DEFAULT_CACHE_DIR)
     return Path(os.path.expandvars(os.path.expanduser(str(raw))))
 
 
 # ---------------------------------------------------------------------------------------------- download
-def _published_checksum(url: str) -> str:
-    """The md5 GroupLens publishes beside a refreshed release (``<url>.md5``)."""
+def _published_md5(url: str) -> str:
     try:
         with urllib.request.urlopen(url + ".md5", timeout=CONNECT_TIMEOUT_S) as resp:
             text = resp.read(4096).decode("ascii", "replace")
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+    except _NET_ERRORS as err:
         raise DownloadError(f"Cannot fetch the checksum {url}.md5: {err}") from err
     found = re.search(r"\b[0-9a-fA-F]{32}\b", text)
     if not found:
@@ -126,10 +115,9 @@ def _published_checksum(url: str) -> str:
     return "md5:" + found.group(0).lower()
 
 
-def download(url: str, dest_dir: Path, checksum: str | None) -> Path:
-    """Stream ``url`` into a temp file in ``dest_dir`` and verify it; the caller removes the file when done."""
-    expected = checksum or _published_checksum(url)
-    algo, _, want = expected.partition(":")
+def download_file(url: str, dest_dir: Path, checksum: str | None) -> Path:
+    """Stream ``url`` to a temp file in ``dest_dir`` and verify it (else delete it); the caller removes it."""
+    algo, _, want = (checksum or _published_md5(url)).partition(":")
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download.", suffix=".part", dir=dest_dir)
     digest = hashlib.new(algo)
@@ -140,7 +128,7 @@ def download(url: str, dest_dir: Path, checksum: str | None) -> Path:
                     while chunk := resp.read(1 << 20):
                         out.write(chunk)
                         digest.update(chunk)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            except _NET_ERRORS as err:
                 raise DownloadError(f"Cannot download {url}: {err}") from err
         if digest.hexdigest() != want.lower():
             raise ChecksumError(
@@ -154,17 +142,14 @@ def download(url: str, dest_dir: Path, checksum: str | None) -> Path:
 
 
 def check_zip_members(zf: zipfile.ZipFile, label: str) -> None:
-    """Refuse absolute paths, ``..`` escapes (zip-slip) and symlinks before anything is extracted."""
+    """Refuse absolute paths, ``..`` escapes (zip-slip) and symlinks, before anything is extracted."""
     base = os.path.abspath("/__target__")
     for info in zf.infolist():
         name = info.filename
-        target = os.path.normpath(os.path.join(base, name))
-        if (
-            name.startswith(("/", "\\"))
-            or re.match(r"^[A-Za-z]:", name)
-            or not target.startswith(base + os.sep)
-            or stat.S_ISLNK(info.external_attr >> 16)
-        ):
+        inside = os.path.normpath(os.path.join(base, name)).startswith(base + os.sep)
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or not inside or (
+            stat.S_ISLNK(info.external_attr >> 16)
+        ):  # fmt: skip
             raise DataError(f"{label}: refusing unsafe zip member {name!r} (absolute, escaping or a symlink).")
 
 
@@ -177,22 +162,23 @@ def extract_release(zip_path: Path, dest: Path, inner: str | None, required: Seq
             check_zip_members(zf, label)
             zf.extractall(tmp)
         src = tmp / inner if inner else tmp
-        missing = [f for f in required if not (src / f).is_file()]
-        if missing:
+        if missing := _missing(src, required):
             raise DataError(f"{label}: the archive lacks {', '.join(missing)} under {inner or '.'}/.")
-        _replace_dir(src, dest)
+        _replace_dir(src, dest, required)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
-def _replace_dir(src: Path, dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)  # an incomplete leftover (complete ones are never re-fetched)
+def _replace_dir(src: Path, dest: Path, required: Sequence[str]) -> None:
+    """Rename ``src`` to ``dest``, unless a concurrent run (a sweep) completed ``dest`` first: keep that one."""
+    if dest.exists() and not _missing(dest, required):
+        return
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete leftover
     try:
         os.replace(src, dest)
     except OSError:
-        if not dest.is_dir():  # else a concurrent run finished first: keep its copy
+        if _missing(dest, required):
             raise
 
 
@@ -203,8 +189,8 @@ def fetch_ml100k_from_pypi(dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".recbole.", dir=dest.parent) as tmp:
         wheel_dir, out = Path(tmp) / "wheel", Path(tmp) / "out"
         out.mkdir()
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        cmd += [RECBOLE_REQUIREMENT, "-d", str(wheel_dir)]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", RECBOLE_REQUIREMENT]
+        cmd += ["-d", str(wheel_dir)]
         log.info("Fetching ML-100K from PyPI (%s wheel)", RECBOLE_REQUIREMENT)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         wheels = sorted(wheel_dir.glob("recbole-*.whl")) if wheel_dir.is_dir() else []
@@ -213,34 +199,23 @@ def fetch_ml100k_from_pypi(dest: Path) -> Path:
                 f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-800:]}\n"
                 f"Without GroupLens or PyPI, download ml-100k.zip elsewhere and set data.root=<extracted dir>."
             )
-        actual = _sha256(wheels[0])
+        actual = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
         if actual != RECBOLE_WHEEL_SHA256:
-            raise ChecksumError(
-                f"{wheels[0].name}: sha256 {actual}, expected {RECBOLE_WHEEL_SHA256}; refusing to use it."
-            )
+            raise ChecksumError(f"{wheels[0].name}: sha256 {actual}, expected {RECBOLE_WHEEL_SHA256}; not used.")
         with zipfile.ZipFile(wheels[0]) as zf:
             for fname in RECBOLE_FILES:
-                try:
-                    with zf.open(RECBOLE_MEMBER_DIR + fname) as src, open(out / fname, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                except KeyError as err:
-                    raise DataError(f"{wheels[0].name} lacks {RECBOLE_MEMBER_DIR}{fname}.") from err
-        _replace_dir(out, dest)
+                if RECBOLE_MEMBER_DIR + fname not in zf.namelist():
+                    raise DataError(f"{wheels[0].name} lacks {RECBOLE_MEMBER_DIR}{fname}.")
+                with zf.open(RECBOLE_MEMBER_DIR + fname) as src, open(out / fname, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        _replace_dir(out, dest, RECBOLE_FILES)
     return dest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_release(release: Release, dest: Path) -> Path:
     """Download, verify and extract ``release`` into ``dest`` (absent or incomplete)."""
     log.info("Downloading %s from %s", release.name, release.url)
-    zip_path = download(release.url, dest.parent, release.checksum)
+    zip_path = download_file(release.url, dest.parent, release.checksum)
     try:
         return extract_release(zip_path, dest, release.dirname, release.files, release.url)
     finally:
@@ -253,17 +228,14 @@ def _missing(root: Path, files: Sequence[str]) -> list[str]:
 
 
 def ensure_release(
-    release: Release, cache_dir: Path, *, root: str | os.PathLike | None = None, download: bool = False,
-    grouplens: bool = True,
-) -> Path:  # fmt: skip
+    release: Release, cache_dir: Path, *, root: Any = None, download: bool = False, grouplens: bool = True
+) -> Path:
     """The directory holding ``release``'s files: ``root`` or ``<cache_dir>/<name>`` (ML-100K: also the PyPI
     copy in ``<cache_dir>/ml-100k-recbole``), fetched there when missing and ``download`` is true."""
     target = Path(os.path.expanduser(str(root))) if root else cache_dir / release.name
-    candidates = [target] if root or release.name != "ml-100k" else [target, cache_dir / RECBOLE_DIRNAME]
-    for path in candidates:
-        if not _missing(path, release.files) or (
-            release.name == "ml-100k" and not _missing(path, RECBOLE_FILES)
-        ):
+    is_100k = release.name == "ml-100k"
+    for path in [target] if root or not is_100k else [target, cache_dir / RECBOLE_DIRNAME]:
+        if not _missing(path, release.files) or (is_100k and not _missing(path, RECBOLE_FILES)):
             return path
     missing = _missing(target, release.files)
     if not download:
@@ -274,12 +246,8 @@ def ensure_release(
         )
     if root and target.exists() and any(target.iterdir()):
         raise DataError(f"data.root={target} exists but lacks {', '.join(missing)}; not overwriting it.")
-    if release.name == "ml-100k":
-        return _fetch_ml100k(release, target, cache_dir / RECBOLE_DIRNAME if not root else target, grouplens)
-    return fetch_release(release, target)
-
-
-def _fetch_ml100k(release: Release, target: Path, pypi_target: Path, grouplens: bool) -> Path:
+    if not is_100k:
+        return fetch_release(release, target)
     if grouplens and not os.environ.get(PYPI_ONLY_ENV):
         try:
             path = fetch_release(release, target)
@@ -287,7 +255,7 @@ def _fetch_ml100k(release: Release, target: Path, pypi_target: Path, grouplens: 
             return path
         except DownloadError as err:
             log.warning("GroupLens unreachable (%s); falling back to the copy on PyPI", err)
-    path = fetch_ml100k_from_pypi(pypi_target)
+    path = fetch_ml100k_from_pypi(target if root else cache_dir / RECBOLE_DIRNAME)
     log.info("ML-100K source: PyPI %s wheel -> %s", RECBOLE_REQUIREMENT, path)
     return path
 
@@ -306,17 +274,21 @@ def _stat_key(root: Path, files: Sequence[str]) -> list:
 
 
 def corpus_key(name: str, fingerprint: Any) -> str:
-    """``<name>-<hash of the source fingerprint and parser version>-v<CORPUS_FORMAT_VERSION>``."""
+    """``<name>-<hash of the sources' fingerprint and the parser version>-v<CORPUS_FORMAT_VERSION>``."""
     blob = json.dumps([name, fingerprint, ml.PARSER_VERSION], sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}-v{CORPUS_FORMAT_VERSION}"
 
 
+_SYNTHETIC_DEFAULTS = {"n_users": 2000, "n_items": 1000, "n_ratings": 100_000, "with_tags": True, "generator_seed": 0}
+_CUSTOM_DEFAULTS = {"sep": ",", "user_col": "userId", "item_col": "movieId", "rating_col": "rating",
+                    "timestamp_col": "timestamp", "title_col": "title", "genres_col": "genres", "genres_sep": "|"}  # fmt: skip
+
+
 def load_corpus(cfg: Mapping[str, Any]) -> Corpus:
     """The Corpus a ``data`` config describes: resolved (fetched if allowed), parsed, and cached parsed under
-    ``<cache_dir>/corpus/<key>`` so later runs load it in well under a second."""
+    ``<cache_dir>/corpus/<key>``, the key hashing the source files' sizes and mtimes (or the synthetic/custom
+    settings), so later runs load it in well under a second and a changed source is parsed again."""
     name = _opt(cfg, "name")
-    if not name:
-        raise DataError("data.name is not set; choose one of: " + ", ".join([*RELEASES, "synthetic", "custom"]))
     cache_dir = cache_root(_opt(cfg, "cache_dir"))
     parse: Callable[[], Corpus]
     if name == "synthetic":
@@ -327,11 +299,10 @@ def load_corpus(cfg: Mapping[str, Any]) -> Corpus:
     elif name == "custom":
         fingerprint, parse = _custom(cfg)
     else:
-        release = get_release(name)
-        root = ensure_release(
-            release, cache_dir, root=_opt(cfg, "root"), download=bool(_opt(cfg, "download", False))
-        )
-        fingerprint = [str(root), _stat_key(root, [*release.files, *release.optional_files, *RECBOLE_FILES])]
+        release = get_release(str(name))
+        root = ensure_release(release, cache_dir, root=_opt(cfg, "root"), download=bool(_opt(cfg, "download")))
+        files = [*release.files, *release.optional_files, *(RECBOLE_FILES if name == "ml-100k" else ())]
+        fingerprint = [str(root), _stat_key(root, files)]
         parse = lambda: release.parser(root, release.name, release.scale)  # noqa: E731
     path = cache_dir / "corpus" / corpus_key(name, fingerprint)
     if Corpus.is_cached(path):
@@ -341,59 +312,49 @@ def load_corpus(cfg: Mapping[str, Any]) -> Corpus:
             log.warning("Unreadable corpus cache %s (%s); rebuilding it", path, err)
     corpus = parse()
     corpus.extra["cache_key"] = path.name  # names the split caches downstream (no re-hash of the ratings)
-    corpus.save(path)
-    log.info("Parsed %s (%d users, %d items, %d ratings); cached in %s", name, corpus.n_users, corpus.n_items,
+    try:
+        corpus.save(path)
+    except OSError:
+        if not Corpus.is_cached(path):  # else a concurrent run (a sweep) saved the same corpus first
+            raise
+    log.info("Parsed %s: %d users, %d items, %d ratings; cached in %s", name, corpus.n_users, corpus.n_items,
              corpus.n_ratings, path)  # fmt: skip
     return corpus
 
 
-_SYNTHETIC_DEFAULTS = {"n_users": 2000, "n_items": 1000, "n_ratings": 100_000, "with_tags": True}
-_SYNTHETIC_DEFAULTS["generator_seed"] = 0
-
-
 def _custom(cfg: Mapping[str, Any]) -> tuple[Any, Callable[[], Corpus]]:
-    def absolute(p: Any) -> Path | None:
-        if p in (None, ""):
-            return None
-        return Path(os.path.abspath(os.path.expanduser(str(p))))
-
-    path = absolute(_opt(cfg, "path"))
-    if path is None:
+    """Options of ``data=custom``; relative paths are taken from the working directory, made absolute."""
+    path, items = (_opt(cfg, k) for k in ("path", "items_path"))
+    if not path:
         raise DataError("data=custom needs data.path=<your ratings file>.")
-    items_path = absolute(_opt(cfg, "items_path"))
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))
+    items_path = Path(os.path.abspath(os.path.expanduser(str(items)))) if items else None
     scale_list = list(_opt(cfg, "rating_scale", [0.5, 5.0, 0.5]))
     if len(scale_list) != 3:
         raise DataError(f"data.rating_scale={scale_list}: expected [low, high, step].")
-    keys = ("sep", "user_col", "item_col", "rating_col", "timestamp_col", "title_col", "genres_col", "genres_sep")
-    defaults = dict(zip(keys, (",", "userId", "movieId", "rating", "timestamp", "title", "genres", "|"), strict=True))
-    kwargs = {k: _opt(cfg, k, defaults[k]) if k in cfg else defaults[k] for k in keys}
     scale = RatingScale(*(float(x) for x in scale_list))
-    files = [p for p in (path, items_path) if p is not None]
-    fingerprint = [kwargs, scale.to_dict(), [(str(p), *_stat_key(p.parent, [p.name])) for p in files]]
-
-    def parse() -> Corpus:
-        return ml.parse_custom(path, items_path=items_path, scale=scale, **kwargs)
-
-    return fingerprint, parse
+    kwargs = {k: _opt(cfg, k, d) for k, d in _CUSTOM_DEFAULTS.items()}
+    files = [(str(p), _stat_key(p.parent, [p.name])) for p in (path, items_path) if p is not None]
+    parse = lambda: ml.parse_custom(path, items_path=items_path, scale=scale, **kwargs)  # noqa: E731
+    return [kwargs, scale.to_dict(), files], parse
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recarena.data.sources", description=__doc__.split("\n")[0])
+    """``fetch NAME [--cache-dir DIR] [--offline-only-pypi]``: fill the cache (files and parsed corpus)."""
+    parser = argparse.ArgumentParser(prog="python -m recarena.data.sources", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="fill the cache with a release (and its parsed corpus)")
+    fetch = sub.add_parser("fetch", help="fill the cache with a release and its parsed corpus")
     fetch.add_argument("name", choices=sorted(RELEASES))
     fetch.add_argument("--cache-dir", default=None, help="default: $RECARENA_DATA or ~/.cache/recarena")
-    fetch.add_argument(
-        "--offline-only-pypi", "--pypi-only", action="store_true", dest="pypi_only",
-        help="ML-100K: skip GroupLens and take the copy on PyPI (for CI, where GroupLens is unreachable)",
-    )  # fmt: skip
+    fetch.add_argument("--offline-only-pypi", "--pypi-only", action="store_true", dest="pypi_only",
+                       help="ML-100K: skip GroupLens, take the copy on PyPI (CI, where GroupLens is unreachable)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cache_dir = cache_root(args.cache_dir)
     try:
         root = ensure_release(get_release(args.name), cache_dir, download=True, grouplens=not args.pypi_only)
-        corpus = load_corpus({"name": args.name, "cache_dir": str(cache_dir), "download": False})
+        corpus = load_corpus({"name": args.name, "cache_dir": str(cache_dir)})
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -141,10 +141,8 @@ def _sample_pairs(rng, degree, item_of_rank, p, q, n_items, seed) -> tuple[np.nd
         if not len(active):
             break
         u = np.repeat(active, np.ceil((degree[active] - have[active]) * (1.4 + round_)).astype(np.int64) + 1)
-        if round_ == 0:  # popularity-weighted; later rounds (tail items for heavy users) uniform
-            i = _draw_popular(rng, item_of_rank, len(u))
-        else:
-            i = rng.integers(0, n_items, len(u))
+        # Round 0 is popularity-weighted; later rounds (tail items for heavy users) uniform.
+        i = _draw_popular(rng, item_of_rank, len(u)) if round_ == 0 else rng.integers(0, n_items, len(u))
         redo = np.zeros(n_users, dtype=bool)
         redo[active] = True
         old = redo[kept_u]
@@ -219,9 +217,10 @@ def generate_synthetic(
         settings = {"n_users": n_users, "n_items": n_items, "n_ratings": n_ratings, "with_tags": with_tags,
                     "seed": seed, "version": SYNTHETIC_VERSION}  # fmt: skip
         (tmp / "settings.json").write_text(json.dumps(settings))  # written last: marks a complete directory
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        done = out_dir / "settings.json"
+        if not (done.is_file() and done.read_text() == json.dumps(settings)):  # else a concurrent run made it
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
