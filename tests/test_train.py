@@ -164,3 +164,10 @@ def test_mf_on_ml100k_defaults(make_cfg) -> None:
     result = train(make_cfg(f"data.cache_dir={root}", "trainer.max_epochs=3", tiny=False))
     assert result["dataset"]["users"] == 943 and result["dataset"]["items"] == 1682
     assert result["test"]["test/rmse"] < 1.1
+
+
+def test_minibatch_grouping_changes_no_result(make_cfg) -> None:
+    """Several optimiser steps per Lightning step is a speed knob only: the same steps in the same order."""
+    one = train(make_cfg("model=mf", "minibatches_per_step=1", "batch_size=256", "scheduler=onecycle"))
+    eight = train(make_cfg("model=mf", "minibatches_per_step=8", "batch_size=256", "scheduler=onecycle"))
+    assert one["test"] == eight["test"] and one["val"] == eight["val"]

@@ -41,6 +41,7 @@ def build_datamodule(cfg: DictConfig, view: str) -> MovieLensDataModule:
         batch_size=int(cfg.batch_size),
         view=view,
         user_chunk=int(cfg.eval.user_chunk),
+        minibatches_per_step=int(cfg.minibatches_per_step),
     )
 
 

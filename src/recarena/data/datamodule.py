@@ -52,6 +52,7 @@ class MovieLensDataModule(L.LightningDataModule):
         batch_size: rows per training batch.
         view: the training view the loss asks for (``Loss.view``).
         user_chunk: users per evaluation batch (scores are user_chunk x n_items).
+        minibatches_per_step: optimiser steps per Lightning training step (see :class:`ShuffledBatches`).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class MovieLensDataModule(L.LightningDataModule):
         batch_size: int = 1024,
         view: str = "pairs",
         user_chunk: int = 2048,
+        minibatches_per_step: int = 8,
     ) -> None:
         super().__init__()
         if view not in VIEWS:
@@ -72,6 +74,7 @@ class MovieLensDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.view = view
         self.user_chunk = user_chunk
+        self.minibatches_per_step = minibatches_per_step
         self.corpus: Corpus | None = None
         self.split: Split | None = None
         self.stats: dict[str, Any] = {}
@@ -135,7 +138,14 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ShuffledBatches:
         rank, world = self._rank_and_world()
-        return ShuffledBatches(self.train_tensors, self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        group = self.minibatches_per_step if world == 1 else 1
+        return ShuffledBatches(
+            self.train_tensors, self.batch_size, seed=self.seed, rank=rank, world_size=world, group=group
+        )
+
+    def optimizer_steps(self, epochs: int) -> int:
+        """Optimiser steps in ``epochs`` epochs: the length of an LR schedule."""
+        return self.train_dataloader().minibatches_per_epoch * max(epochs, 1)
 
     def _eval_loader(self, data: EvalData) -> DataLoader:
         # batch_size=None: each dataset item is already a whole user chunk (a dict of tensors). Under DDP each

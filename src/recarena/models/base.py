@@ -72,6 +72,8 @@ class RecommenderModule(L.LightningModule):
         self.ks = tuple(int(k) for k in ks)
         self.relevance_threshold = relevance_threshold
         self.head_share = head_share
+        # We own the optimisation loop: a Lightning step carries several mini-batches (see ShuffledBatches).
+        self.automatic_optimization = False
         self.train_loss_sum = torch.zeros(())
         self.train_batches = 0
         self.epoch_history: list[dict[str, float]] = []
@@ -138,12 +140,21 @@ class RecommenderModule(L.LightningModule):
         """Hook for families that use training popularity (the popularity baseline)."""
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self, batch)
-        # Accumulate instead of self.log per step: logging each step costs as much as an MF step on CPU.
-        self.train_loss_sum = self.train_loss_sum.to(loss.device) + loss.detach()
-        self.train_batches += 1
-        return loss
+    def training_step(self, batches: list[dict[str, torch.Tensor]], batch_idx: int) -> None:
+        """One optimiser step per mini-batch, through Lightning's optimiser wrapper and ``manual_backward``,
+        so mixed precision, DDP and the step counter behave as under automatic optimisation."""
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        for batch in batches:
+            loss = self.loss_fn(self, batch)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            # Accumulate instead of self.log per step: logging each step costs as much as an MF step on CPU.
+            self.train_loss_sum = self.train_loss_sum.to(loss.device) + loss.detach()
+            self.train_batches += 1
 
     def on_train_epoch_start(self) -> None:
         self.train_loss_sum = torch.zeros((), device=self.device)
@@ -192,6 +203,6 @@ class RecommenderModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters(), **kwargs)
         if self.scheduler_factory is None:
             return optimizer
-        # Every scheduler factory (recarena.optim) takes the run's length and is stepped once per batch.
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # Every scheduler factory (recarena.optim) takes the run's length and is stepped once per mini-batch.
+        total_steps = self.trainer.datamodule.optimizer_steps(int(self.trainer.max_epochs))
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total_steps)}
