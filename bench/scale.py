@@ -1,0 +1,102 @@
+"""Scale: a MovieLens-25M-sized synthetic release through the whole pipeline, on this machine's CPU.
+
+Printed, each measured in this run: generation time, parse + cache time, cached load time, split time, one MF
+epoch (``optimizer=sparse_adam``: only the rows a batch touches are updated, checked and printed), full-catalogue
+test evaluation of every test user, and the peak resident memory of the process.
+Targets on a 2-core machine: cached load < 10 s, peak RSS < 8 GB.
+
+    python bench/scale.py                          # 25M ratings, 160k users, 60k items
+    python bench/scale.py --n-ratings 2000000      # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recarena.data.sources import load_corpus  # noqa: E402
+from recarena.data.synthetic import ensure_synthetic  # noqa: E402
+from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
+from recarena.timing import EpochTimer  # noqa: E402
+from tests.conftest import compose_config  # noqa: E402
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def timed(label: str, fn):
+    started = time.perf_counter()
+    value = fn()
+    print(f"{label:<34} {time.perf_counter() - started:8.2f} s   (peak RSS so far {peak_rss_gb():.2f} GB)", flush=True)
+    return value
+
+
+def rows_updated_by_one_step(cfg, dm) -> tuple[int, int]:
+    """Train one mini-batch and count the item-factor rows that changed (sparse updates touch only the batch's)."""
+    model = build_model(cfg, dm)
+    trainer = build_trainer(cfg, Path(tempfile.mkdtemp()), EpochTimer(monitor="none"))
+    trainer.fit_loop.max_epochs = 1
+    trainer.limit_train_batches = 1
+    before = model.item_factors.weight.detach().clone()
+    dm.minibatches_per_step, saved = 1, dm.minibatches_per_step
+    trainer.fit(model, datamodule=dm)
+    dm.minibatches_per_step = saved
+    changed = (model.item_factors.weight.detach() != before).any(dim=1)
+    return int(changed.sum()), len(changed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-ratings", type=int, default=25_000_000)
+    parser.add_argument("--n-users", type=int, default=160_000)
+    parser.add_argument("--n-items", type=int, default=60_000)
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--split", default="temporal")
+    args = parser.parse_args()
+    print(f"scale benchmark: {args.n_ratings:,} ratings, {args.n_users:,} users, {args.n_items:,} items; "
+          f"{torch.get_num_threads()} threads")
+
+    with tempfile.TemporaryDirectory() as cache:
+        overrides = [
+            "data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={args.n_users}",
+            f"data.n_items={args.n_items}", f"data.cache_dir={cache}", f"split={args.split}", "model=mf",
+            "optimizer=sparse_adam", f"batch_size={args.batch_size}", "trainer=cpu", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false", "~logger", "~callbacks", "+trainer.limit_val_batches=0",
+            "+trainer.enable_checkpointing=false", "verbose=false",
+        ]
+        cfg = compose_config(overrides, Path(cache) / "run")
+        timed("generate (CSV, ml-latest layout)", lambda: ensure_synthetic(
+            Path(cache) / "synthetic", args.n_users, args.n_items, args.n_ratings, with_tags=True, generator_seed=0))
+        timed("parse + cache", lambda: load_corpus(cfg.data))
+        corpus = timed("cached load", lambda: load_corpus(cfg.data))
+        print(f"  corpus: {corpus.n_users:,} users, {corpus.n_items:,} items, {corpus.n_ratings:,} ratings")
+        del corpus
+        dm = build_datamodule(cfg, "pairs")
+        timed("curate + split + views (first run)", lambda: dm.setup("fit"))
+        timed("curate + split + views (cached)", lambda: build_datamodule(cfg, "pairs").setup("fit"))
+
+        changed, total = rows_updated_by_one_step(cfg, dm)
+        print(f"one sparse_adam step (batch {args.batch_size}) updated {changed:,} of {total:,} item rows")
+
+        model = build_model(cfg, dm)
+        timer = EpochTimer(monitor="none")
+        trainer = build_trainer(cfg, Path(cache) / "run", timer)
+        timed("one MF epoch (fit, no validation)", lambda: trainer.fit(model, datamodule=dm))
+        print(f"  training only: {timer.train_seconds:.2f} s, {timer.samples_per_second(dm.n_train):,.0f} samples/s")
+        result = timed("full-catalogue test evaluation", lambda: trainer.test(model, datamodule=dm, verbose=False))
+        print(f"  test users scored: {dm.test_data.n_users_eval:,}; ndcg@10 {result[0].get('test/ndcg@10', float('nan')):.4f}")
+    print(f"peak RSS: {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

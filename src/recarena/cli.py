@@ -1,0 +1,32 @@
+"""The ``recarena`` command (also ``python -m recarena``): one entry point that dispatches to subcommands.
+
+Each subcommand is the ``main(argv)`` of the module that owns it, so the logic lives in one place:
+``recarena fetch ml-100k`` (recarena.data.sources) and ``recarena leaderboard PATH...`` (recarena.report).
+Training itself is ``python train.py ...`` (Hydra owns that command line).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module whose ``main(argv)`` runs it, argv prefix, one-line help)
+COMMANDS: dict[str, tuple[str, list[str], str]] = {
+    "fetch": ("recarena.data.sources", ["fetch"], "fill the data cache with a MovieLens release"),
+    "leaderboard": ("recarena.report", [], "rebuild leaderboard.md/.csv from run or sweep dirs"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"} or args[0] not in COMMANDS:
+        lines = [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+        print("usage: recarena COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + "\n\ntraining: python train.py")
+        return 0 if not args or args[0] in {"-h", "--help"} else 2
+    module, prefix, _ = COMMANDS[args[0]]
+    return int(importlib.import_module(module).main([*prefix, *args[1:]]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
