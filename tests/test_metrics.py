@@ -385,3 +385,19 @@ def test_rating_metrics_match_numpy() -> None:
     assert set(got) == {"rmse", "mae"}
     assert float(got["rmse"]) == pytest.approx(np.sqrt(np.mean((pred - target) ** 2)), rel=1e-5)
     assert float(got["mae"]) == pytest.approx(np.mean(np.abs(pred - target)), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_topk_matches_exact_keys(seed: int) -> None:
+    """The float fast path must give exactly the exact-key answer, ties, exclusions and NaN included."""
+    from recarena.evaluation.ranking import topk_items_exact
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(64, 300, generator=g)
+    scores[::3] = torch.round(scores[::3] * 2) / 2  # coarse values: many ties in a third of the rows
+    scores[5, :7] = float("nan")
+    scores[6, 10] = float("inf")
+    exclude = torch.rand(64, 300, generator=g) < 0.3
+    exclude[7, 5:] = True  # a user with fewer rankable items than k
+    for k in (1, 10, 20):
+        assert torch.equal(topk_items(scores, exclude, k), topk_items_exact(scores, exclude, k))

@@ -171,3 +171,31 @@ def test_minibatch_grouping_changes_no_result(make_cfg) -> None:
     one = train(make_cfg("model=mf", "minibatches_per_step=1", "batch_size=256", "scheduler=onecycle"))
     eight = train(make_cfg("model=mf", "minibatches_per_step=8", "batch_size=256", "scheduler=onecycle"))
     assert one["test"] == eight["test"] and one["val"] == eight["val"]
+
+
+def test_custom_ratings_file_trains(make_cfg, tmp_path: Path) -> None:
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "mine", "custom", n_users=40, n_items=30, n_ratings=600)
+    result = train(make_cfg("data=custom", f"data.path={root / 'ratings.csv'}", f"data.items_path={root / 'items.csv'}",
+                            tiny=False))
+    assert result["data"] == "custom" and result["dataset"]["users"] == 40
+    assert "test/rmse" in result["test"]
+
+
+@pytest.mark.parametrize(("layout", "release"), [("csv", "ml-latest-small"), ("ml-1m", "ml-1m")])
+def test_downloaded_release_in_data_root_trains(make_cfg, tmp_path: Path, layout: str, release: str) -> None:
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "release", layout, n_users=40, n_items=30, n_ratings=600)
+    result = train(make_cfg(f"data={release}", f"data.root={root}", tiny=False))
+    assert result["data"] == release and result["dataset"]["ratings"] > 500
+
+
+def test_missing_release_file_names_it(make_cfg, tmp_path: Path) -> None:
+    from recarena.data.corpus import DataError
+
+    empty = tmp_path / "ml-1m"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"ratings\.dat"):
+        train(make_cfg("data=ml-1m", f"data.root={empty}", tiny=False))

@@ -152,7 +152,7 @@ class MovieLensDataModule(L.LightningDataModule):
         # process scores its own users (Lightning's sampler would pad ranks with repeated chunks and count some
         # users twice; trainer=ddp sets use_distributed_sampler=false).
         rank, world = self._rank_and_world()
-        return DataLoader(data.dataset(self.user_chunk, rank=rank, world_size=world), batch_size=None, shuffle=False)
+        return DataLoader(data.batches(self.user_chunk, rank=rank, world_size=world), batch_size=None, shuffle=False)
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

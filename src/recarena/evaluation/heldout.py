@@ -185,12 +185,6 @@ class EvalData:
         """
         return EvalChunks(self, effective_chunk_size(chunk_size, self.n_items, max_cells), rank, world_size)
 
-    def dataset(
-        self, chunk_size: int, *, rank: int = 0, world_size: int = 1, max_cells: int = MAX_SCORE_CELLS
-    ) -> EvalChunks:
-        """Alias of :meth:`batches` (the name the datamodule uses)."""
-        return self.batches(chunk_size, rank=rank, world_size=world_size, max_cells=max_cells)
-
 
 class EvalChunks(Dataset):
     """Map-style Dataset over the user chunks of an :class:`EvalData`; item ``i`` is chunk ``i``'s batch.

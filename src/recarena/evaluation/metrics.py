@@ -186,18 +186,26 @@ class RankingMetrics(Metric):
             )
         scores = scores.detach()
         exclude, relevant = dense_masks(batch, self.n_items, self.relevance_threshold)
-        n_rel = relevant.sum(1)
+        # |relevant| per row from the sparse held-out pairs (unique, as the dense mask collapses duplicates):
+        # summing the (B, n_items) mask would read the whole chunk again.
+        rel_rows, rel_items = batch["held_row"], batch["held_item"]
+        if self.relevance_threshold is not None:
+            keep = batch["held_rating"] >= self.relevance_threshold
+            rel_rows, rel_items = rel_rows[keep], rel_items[keep]
+        pairs = torch.unique(rel_rows * self.n_items + rel_items)
+        n_rel = torch.bincount(pairs // self.n_items, minlength=n_rows)
         ranked = n_rel > 0
         n_ranked = ranked.sum()
         self.users_ranked += n_ranked
         self.users_skipped += n_rows - n_ranked
-        # Only users with a relevant item are ranked (a single boolean-index gather, no loop).
-        scores, exclude, relevant, n_rel = scores[ranked], exclude[ranked], relevant[ranked], n_rel[ranked]
         c = self._const(scores.device)
 
-        top = topk_items(scores, exclude, self.k_max)  # (B', k_max), -1 where no rankable item
+        # Rank every row, then keep the ranked users' (B', k) results: cheaper than copying the (B, n_items)
+        # scores and masks of the ranked rows first (skipped users are a small minority).
+        top_all = topk_items(scores, exclude, self.k_max)  # (B, k_max), -1 where no rankable item
+        hits = hit_matrix(top_all, relevant)[ranked]  # (B', k_max) bool
+        top, n_rel = top_all[ranked], n_rel[ranked]
         valid = top >= 0
-        hits = hit_matrix(top, relevant)  # (B', k_max) bool
         prefix = c["prefix"]  # (n_k, k_max)
 
         def per_k(x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,42 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     """Top-``k`` items per row, best first, as a ``(B, k)`` int64 tensor of item indices.
 
     Order: higher score first; equal scores (as float32) by lower item index -- exact and deterministic on
-    every device. ``torch.topk`` gives no tie order, so each score is turned into the integer key
+    every device; see :func:`topk_items_exact`. Fast path: ``torch.topk`` on the float scores orders distinct
+    values exactly and leaves only equal values in an unspecified order, so a row whose best ``k + 1`` values
+    are all distinct and finite has exactly one correct answer and topk found it. The remaining rows (ties,
+    excluded or non-finite values within reach of the top k) are recomputed with the exact integer keys. For a
+    learned model that is a handful of rows, and the (B, n_items) int64 key tensor -- the cost of the exact
+    method at ML-25M scale -- is built only for them.
+    """
+    _check_topk_args(scores, exclude, k)
+    n_items = scores.shape[1]
+    if k + 1 > n_items:
+        return topk_items_exact(scores, exclude, k)
+    masked = scores.to(torch.float32, copy=True)
+    masked.masked_fill_(exclude, float("-inf"))
+    values, top = torch.topk(masked, k + 1, dim=1, largest=True, sorted=True)
+    # NaN compares unequal to itself, so check finiteness too: NaN, +-inf and excluded items all go exact.
+    ambiguous = (values[:, 1:] == values[:, :-1]).any(dim=1) | ~torch.isfinite(values).all(dim=1)
+    top = top[:, :k].contiguous()
+    rows = ambiguous.nonzero().squeeze(1)
+    if rows.numel():
+        top[rows] = topk_items_exact(scores[rows], exclude[rows], k)
+    return top
+
+
+def _check_topk_args(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> None:
+    if scores.ndim != 2 or exclude.shape != scores.shape:
+        raise ValueError(
+            f"scores and exclude must both be (B, n_items), got {tuple(scores.shape)} and "
+            f"{tuple(exclude.shape)}"
+        )
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def topk_items_exact(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`topk_items` by exact integer keys for every row. ``torch.topk`` gives no tie order, so each
+    score is turned into the integer key
     ``ordered(score) * 2**b + (2**b - 1 - item)`` with ``b`` bits for item indices: the key order is the
     lexicographic order (score desc, item asc), the keys are distinct, and because ``ordered`` is strictly
     order-preserving on float32 values, distinct float32 scores can never be reordered (as adding a small
@@ -71,13 +106,7 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     Excluded items get a key below every real key; positions that fall on one (the user has fewer than
     ``k`` rankable items), and positions past the catalog when ``k > n_items``, hold :data:`NO_ITEM` (-1).
     """
-    if scores.ndim != 2 or exclude.shape != scores.shape:
-        raise ValueError(
-            f"scores and exclude must both be (B, n_items), got {tuple(scores.shape)} and "
-            f"{tuple(exclude.shape)}"
-        )
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    _check_topk_args(scores, exclude, k)
     n_rows, n_items = scores.shape
     bits = max(1, (n_items - 1).bit_length())
     # |ordered| <= 2**31, so |key| < 2**(31 + bits) <= 2**62 for any catalog below 2**31 items: no overflow,
