@@ -93,3 +93,18 @@ def test_unknown_dataset_lists_known(tmp_path: Path) -> None:
     cfg = compose_config(["data.name=ml-5m"], tmp_path)
     with pytest.raises(ConfigError, match="ml-100k.*ml-1m"):
         check_config(cfg)
+
+
+def test_mf_scores_are_its_biased_dot_products(tmp_path: Path) -> None:
+    """score_all = user_factors @ item_factors.T + biases (before the sigmoid), and ranks like forward()."""
+    cfg = compose_config(["model=mf"], tmp_path)
+    mf = instantiate(cfg.model, schema=SCHEMA, loss=instantiate(cfg.loss), _convert_="all")
+    torch.nn.init.normal_(mf.user_bias.weight)
+    torch.nn.init.normal_(mf.item_bias.weight)
+    users = torch.arange(SCHEMA.n_users)
+    expected = mf.user_embeddings(users) @ mf.item_embeddings().T + mf.user_bias.weight + mf.item_bias.weight.T
+    scores = mf.score_all(users)
+    assert torch.allclose(scores, expected, atol=1e-6)
+    items = torch.arange(SCHEMA.n_items)
+    ratings = mf(users.repeat_interleave(SCHEMA.n_items), items.repeat(SCHEMA.n_users)).view(SCHEMA.n_users, -1)
+    assert torch.equal(scores.argsort(dim=1), ratings.argsort(dim=1))

@@ -199,3 +199,19 @@ def test_missing_release_file_names_it(make_cfg, tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match=r"ratings\.dat"):
         train(make_cfg("data=ml-1m", f"data.root={empty}", tiny=False))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path, data_cache: Path) -> None:
+    """trainer=ddp: two processes, each user evaluated on exactly one of them, one metrics.json."""
+    run_dir = tmp_path / "ddp"
+    proc = _run_train(
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY_DATA, "trainer.max_epochs=1",
+         "trainer.enable_progress_bar=false", "verbose=false", f"hydra.run.dir={run_dir}"],
+        tmp_path, {"RECARENA_DATA": str(data_cache)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "metrics.json").read_text())
+    # Both processes' users add up to the single-process count: no user padded in or counted twice.
+    stats = result["dataset"]["test"]
+    assert result["test"]["test/users_ranked"] + result["test"]["test/users_skipped"] == stats["users"]

@@ -40,8 +40,8 @@ def print_stats(data: str, split: str, stats: dict[str, Any]) -> None:
 def metrics_table(result: dict[str, Any]) -> Table:
     """Validation (best checkpoint) and test metrics side by side, one metric per row."""
     table = Table(
-        title=f"{result['model']} · loss={result['loss']} · {result['data']} · split={result['split']} · "
-        f"seed={result['seed']} · best epoch {result['best_epoch']} · {result['wall_seconds']:.1f}s",
+        title=f"{result['model']} · {result['loss']} · {result['data']} · {result['split']} · seed {result['seed']}",
+        caption=f"best epoch {result['best_epoch']} of {result['epochs']} · {result['wall_seconds']:.1f} s",
         title_justify="left",
     )
     table.add_column("metric")

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from recarena.checks import check_config, option_name
@@ -29,6 +31,23 @@ from recarena.report import config_key
 from recarena.timing import EpochTimer
 
 log = logging.getLogger(__name__)
+
+# Lightning warnings that do not apply to recarena, silenced so that real ones stand out:
+# - our loaders cut batches from in-memory tensors in the main process on purpose (workers would copy them);
+# - evaluation metrics are reduced across processes by torchmetrics already, not by self.log(sync_dist=True);
+# - the training loss is logged per epoch, so a short epoch below log_every_n_steps loses nothing;
+# - a deprecation inside Lightning's own pytree helper (Lightning 2.6 on torch >= 2.10).
+for _message in (
+    ".*does not have many workers.*",
+    ".*sync_dist=True.*",
+    ".*smaller than the logging interval.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*litlogger.*",
+):
+    warnings.filterwarnings("ignore", message=_message)
+# Lightning has its own console handler; without this Hydra's root handler prints each of its lines twice.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).propagate = False
 
 METRICS_FORMAT_VERSION = 1
 
@@ -81,7 +100,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     dm = build_datamodule(cfg, loss_cls_view)
     dm.prepare_data()
     dm.setup("fit")
-    if cfg.get("verbose", True):
+    main_process = rank_zero_only.rank == 0  # under DDP every process runs train(); one reports
+    if cfg.get("verbose", True) and main_process:
         print_stats(cfg.data.name, cfg.split.name, dm.stats)
 
     model = build_model(cfg, dm)
@@ -135,10 +155,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
-    write_json_atomic(output_dir / "metrics.json", result)
     _finish_loggers(trainer)
-    if cfg.get("verbose", True):
-        print_metrics(result)
+    if main_process:
+        write_json_atomic(output_dir / "metrics.json", result)
+        if cfg.get("verbose", True):
+            print_metrics(result)
     return result
 
 

@@ -182,8 +182,13 @@ class EvalData:
         loaders): rank ``r`` then gets chunks ``r, r + world_size, ...``, each user on exactly one rank.
         Lightning's default DistributedSampler would instead pad ranks with *repeated* chunks, counting
         some users twice; torchmetrics sums the per-rank states, so disjoint shards give exact metrics.
+        Chunks are made small enough that every rank gets at least one (Lightning refuses an empty loader
+        and a metric sync waits for every rank).
         """
-        return EvalChunks(self, effective_chunk_size(chunk_size, self.n_items, max_cells), rank, world_size)
+        chunk = effective_chunk_size(chunk_size, self.n_items, max_cells)
+        if world_size > 1:
+            chunk = max(1, min(chunk, -(-self.n_users_eval // world_size)))
+        return EvalChunks(self, chunk, rank, world_size)
 
 
 class EvalChunks(Dataset):

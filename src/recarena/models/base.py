@@ -177,7 +177,9 @@ class RecommenderModule(L.LightningModule):
         values = {f"{prefix}/{k}": v for k, v in ranking.compute().items()}
         if self.predicts_ratings and rating.update_count:
             values.update({f"{prefix}/{k}": v for k, v in rating.compute().items()})
-        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=False)
+        # The values are already reduced over processes (torchmetrics syncs its states in compute()), so
+        # Lightning's own sync_dist would only average identical numbers.
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=False, rank_zero_only=False)
         ranking.reset()
         rating.reset()
 

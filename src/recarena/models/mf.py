@@ -74,9 +74,10 @@ class MatrixFactorization(RecommenderModule):
         return self._squash(dot + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1))
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Bias-augmented dot products before the sigmoid: the same ranking as the predicted ratings (the
+        sigmoid is monotone) without the float32 ties a saturated sigmoid produces near the top of the range."""
         logits = self.user_factors(users) @ self.item_factors.weight.T  # (B, n_items)
-        logits += self.user_bias(users) + self.item_bias.weight.T
-        return self._squash(logits)
+        return logits.add_(self.user_bias(users)).add_(self.item_bias.weight.T)
 
     def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor:
         return self.user_factors.weight if users is None else self.user_factors(users)
