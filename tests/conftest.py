@@ -39,6 +39,12 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _no_pypi_only_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests decide the ML-100K source themselves, whatever RECARENA_PYPI_ONLY the shell has."""
+    monkeypatch.delenv("RECARENA_PYPI_ONLY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data cache for the whole session (synthetic corpora and splits are cached by their settings)."""
