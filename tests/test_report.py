@@ -154,16 +154,6 @@ def test_callback_without_runs_warns(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "no metrics.json" in caplog.text and not list(tmp_path.iterdir())
 
 
-def test_atomic_write_cleans_up_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report.os, "replace", boom)
-    with pytest.raises(OSError):
-        report._atomic_write(tmp_path / "leaderboard.md", "x")
-    assert not list(tmp_path.iterdir())
-
-
 def test_rich_table_and_cli(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     table = leaderboard_table(load_runs([sweep]))
     assert table.row_count == 3

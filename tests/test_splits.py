@@ -14,7 +14,6 @@ from recarena.data.splits import (
     SPLITTERS,
     Split,
     fingerprint,
-    format_split_stats,
     load_or_make_split,
     make_split,
     split_stats,
@@ -262,7 +261,9 @@ def test_split_stats(corpus, name):
         assert stats["test"]["cold_users"] == 0 and "known" not in stats
     from rich.console import Console
 
+    from recarena.display import stats_table
+
     console = Console(record=True, width=120)
-    console.print(format_split_stats(stats))
+    console.print(stats_table("tiny", name, stats))
     text = console.export_text()
     assert "train" in text and s.fingerprint in text

@@ -15,18 +15,18 @@ PARTS = ("train", "val", "test")
 def stats_table(data: str, split: str, stats: dict[str, Any]) -> Table:
     """Dataset size and, per part of the split, ratings/users/items and the cold users and items."""
     table = Table(
-        title=f"{data} · split={split} · {stats['users']:,} users · {stats['items']:,} items · "
-        f"{stats['ratings']:,} ratings · density {stats['density']:.4%}",
+        title=f"{data} · {stats['users']:,} users · {stats['items']:,} items · {stats['ratings']:,} ratings · "
+        f"density {stats['density']:.4%}",
+        caption=f"split={split} · fingerprint {stats.get('fingerprint', '?')}",
         title_justify="left",
     )
-    for column in ("part", "ratings", "users", "items", "cold users", "cold items"):
+    for column in ("part", "ratings", "share", "users", "items", "cold users", "cold items"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for part in (p for p in (*PARTS, "known") if p in stats):
         row = stats[part]
-        table.add_row(
-            part,
-            *(f"{row.get(key, 0):,}" for key in ("ratings", "users", "items", "cold_users", "cold_items")),
-        )
+        share = row.get("ratings", 0) / max(stats["ratings"], 1)
+        cells = [f"{row.get(key, 0):,}" for key in ("ratings", "users", "items", "cold_users", "cold_items")]
+        table.add_row(part, cells[0], f"{share:.1%}", *cells[1:])
     return table
 
 

@@ -7,12 +7,9 @@ Hydra imports this module at start, so it imports no torch: only pandas, rich an
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from recarena.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -229,19 +228,9 @@ def _terminal_metric(header: str, board: pd.DataFrame) -> bool:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same dir + os.replace: a reader never sees a half-written leaderboard."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A reader never sees a half-written leaderboard."""
+    with atomic_file(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
 
 
 def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from recarena.atomic import atomic_file
 from recarena.checks import check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
@@ -173,15 +173,9 @@ def _finish_loggers(trainer: L.Trainer) -> None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Temp file in the same directory, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A reader (the leaderboard callback, a later rebuild) never sees half a metrics.json."""
+    with atomic_file(path) as handle:
+        json.dump(payload, handle, indent=2, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from recarena.atomic import staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ class Corpus:
     def save(self, path: str | Path) -> None:
         """Write atomically: everything goes to a sibling temp dir that is renamed over ``path``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with staging_dir(path) as tmp:
             np.savez(
                 tmp / "ratings.npz",
                 users=self.users,
@@ -170,9 +169,6 @@ class Corpus:
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Corpus:

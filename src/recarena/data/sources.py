@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recarena.atomic import staging_dir
 from recarena.data import movielens as ml
 from recarena.data.corpus import CORPUS_FORMAT_VERSION, Corpus, DataError, RatingScale
 from recarena.data.synthetic import ensure_synthetic
@@ -155,9 +156,7 @@ def check_zip_members(zf: zipfile.ZipFile, label: str) -> None:
 
 def extract_release(zip_path: Path, dest: Path, inner: str | None, required: Sequence[str], label: str) -> Path:
     """Extract into a temp dir beside ``dest``, check the needed files, then rename ``<tmp>/<inner>`` to dest."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract.", dir=dest.parent))
-    try:
+    with staging_dir(dest) as tmp:
         with zipfile.ZipFile(zip_path) as zf:
             check_zip_members(zf, label)
             zf.extractall(tmp)
@@ -165,8 +164,6 @@ def extract_release(zip_path: Path, dest: Path, inner: str | None, required: Seq
         if missing := _missing(src, required):
             raise DataError(f"{label}: the archive lacks {', '.join(missing)} under {inner or '.'}/.")
         _replace_dir(src, dest, required)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -21,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
+from recarena.atomic import atomic_file
 from recarena.data.corpus import Corpus, DataError
 
 log = logging.getLogger(__name__)
@@ -254,16 +252,9 @@ def load_or_make_split(
     if split is not None:
         return split
     split = make_split(corpus, cfg, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            meta = {"name": np.str_(split.name), "fingerprint": np.str_(split.fingerprint)}
-            np.savez(f, **{k: getattr(split, k) for k in PARTS}, **meta, val_users_cold=split.val_users_cold)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        meta = {"name": np.str_(split.name), "fingerprint": np.str_(split.fingerprint)}
+        np.savez(f, **{k: getattr(split, k) for k in PARTS}, **meta, val_users_cold=split.val_users_cold)
     return split
 
 
@@ -286,20 +277,3 @@ def split_stats(corpus: Corpus, split: Split) -> dict[str, Any]:
         stats[part] = {"ratings": len(rows), "users": len(users), "items": len(items)}
         stats[part] |= {"cold_users": cold_u, "cold_items": cold_i}
     return stats
-
-
-def format_split_stats(stats: Mapping[str, Any]) -> Table:
-    """The start-of-run table of :func:`split_stats`."""
-    table = Table(
-        title=f"split={stats['split']} ({stats['fingerprint']}): {stats['users']:,} users, {stats['items']:,} "
-        f"items, {stats['ratings']:,} ratings, density {stats['density']:.4%}"
-    )
-    for col in ("part", "ratings", "share", "users", "items", "cold users", "cold items"):
-        table.add_column(col, justify="left" if col == "part" else "right")
-    for part in PARTS:
-        if part in stats:
-            s = stats[part]
-            share = s["ratings"] / max(stats["ratings"], 1)
-            cells = [f"{s[k]:,}" for k in ("ratings", "users", "items", "cold_users", "cold_items")]
-            table.add_row(part, cells[0], f"{share:.1%}", *cells[1:])
-    return table

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+from recarena.atomic import staging_dir
 
 #: Bump when the generator's output changes: it is part of the cache key of generated data.
 SYNTHETIC_VERSION = 1
@@ -204,9 +205,7 @@ def generate_synthetic(
     rating = np.clip(np.round(stars * 2) / 2, 0.5, 5.0).astype(np.float32)
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         table = pa.table({"userId": (users + 1).astype(np.int32), "movieId": (items + 1).astype(np.int32),
                           "rating": rating, "timestamp": timestamp})  # fmt: skip
         pacsv.write_csv(table, tmp / "ratings.csv", pacsv.WriteOptions(batch_size=1 << 17))
@@ -221,8 +220,6 @@ def generate_synthetic(
         if not (done.is_file() and done.read_text() == json.dumps(settings)):  # else a concurrent run made it
             shutil.rmtree(out_dir, ignore_errors=True)
             os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
