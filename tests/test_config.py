@@ -102,9 +102,12 @@ def test_mf_scores_are_its_biased_dot_products(tmp_path: Path) -> None:
     torch.nn.init.normal_(mf.user_bias.weight)
     torch.nn.init.normal_(mf.item_bias.weight)
     users = torch.arange(SCHEMA.n_users)
-    expected = mf.user_embeddings(users) @ mf.item_embeddings().T + mf.user_bias.weight + mf.item_bias.weight.T
+    expected = mf.user_factors.weight @ mf.item_factors.weight.T + mf.user_bias.weight + mf.item_bias.weight.T
     scores = mf.score_all(users)
     assert torch.allclose(scores, expected, atol=1e-6)
+    assert torch.allclose(mf.user_embeddings(users) @ mf.item_embeddings().T, expected, atol=1e-6)
+    batch = {"users": users.repeat_interleave(SCHEMA.n_items), "items": torch.arange(SCHEMA.n_items).repeat(SCHEMA.n_users)}
+    assert torch.allclose(mf.score(batch, batch["items"]).view(SCHEMA.n_users, -1), expected, atol=1e-6)
     items = torch.arange(SCHEMA.n_items)
     ratings = mf(users.repeat_interleave(SCHEMA.n_items), items.repeat(SCHEMA.n_users)).view(SCHEMA.n_users, -1)
     assert torch.equal(scores.argsort(dim=1), ratings.argsort(dim=1))

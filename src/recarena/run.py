@@ -52,7 +52,7 @@ for _name in ("lightning.pytorch", "lightning.fabric"):
 METRICS_FORMAT_VERSION = 1
 
 
-def build_datamodule(cfg: DictConfig, view: str) -> MovieLensDataModule:
+def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | None = None) -> MovieLensDataModule:
     return MovieLensDataModule(
         data=cfg.data,
         split=cfg.split,
@@ -61,6 +61,7 @@ def build_datamodule(cfg: DictConfig, view: str) -> MovieLensDataModule:
         view=view,
         user_chunk=int(cfg.eval.user_chunk),
         minibatches_per_step=int(cfg.minibatches_per_step),
+        positive_threshold=positive_threshold,
     )
 
 
@@ -96,8 +97,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    loss_cls_view = instantiate(cfg.loss).view
-    dm = build_datamodule(cfg, loss_cls_view)
+    loss = instantiate(cfg.loss)
+    dm = build_datamodule(cfg, loss.view, loss.positive_threshold)
     dm.prepare_data()
     dm.setup("fit")
     main_process = rank_zero_only.rank == 0  # under DDP every process runs train(); one reports

@@ -15,21 +15,17 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from recarena.data.corpus import Corpus
 from recarena.data.curate import curate, curation_key
 from recarena.data.sources import load_corpus
 from recarena.data.splits import Split, load_or_make_split, split_stats
-from recarena.data.views import ShuffledBatches
+from recarena.data.views import ShuffledBatches, view_builder
 from recarena.evaluation.heldout import EvalData
 from recarena.models.base import Schema
 
 log = logging.getLogger(__name__)
-
-#: Training views the datamodule can serve (``Loss.view``); later families add theirs here.
-VIEWS = ("pairs",)
 
 
 def corpus_key(corpus: Corpus) -> str:
@@ -50,7 +46,8 @@ class MovieLensDataModule(L.LightningDataModule):
         split: the ``split=`` config.
         seed: run seed (seeds curation sampling and the split unless they set their own).
         batch_size: rows per training batch.
-        view: the training view the loss asks for (``Loss.view``).
+        view: the training view the loss asks for (``Loss.view``, a name in ``recarena.data.views.VIEWS``).
+        positive_threshold: ranking losses' positives are training ratings >= this (None = all).
         user_chunk: users per evaluation batch (scores are user_chunk x n_items).
         minibatches_per_step: optimiser steps per Lightning training step (see :class:`ShuffledBatches`).
     """
@@ -64,10 +61,11 @@ class MovieLensDataModule(L.LightningDataModule):
         view: str = "pairs",
         user_chunk: int = 2048,
         minibatches_per_step: int = 8,
+        positive_threshold: float | None = None,
     ) -> None:
         super().__init__()
-        if view not in VIEWS:
-            raise ValueError(f"unknown training view {view!r}; known: {', '.join(VIEWS)}")
+        self.build_view = view_builder(view)
+        self.positive_threshold = positive_threshold
         self.data_cfg = data
         self.split_cfg = split
         self.seed = seed
@@ -108,11 +106,7 @@ class MovieLensDataModule(L.LightningDataModule):
             global_mean=float(corpus.ratings[train].mean()) if len(train) else 0.0,
             genre_names=list(corpus.genre_names),
         )
-        self.train_tensors = {
-            "users": torch.from_numpy(corpus.users[train].astype(np.int64)),
-            "items": torch.from_numpy(corpus.items[train].astype(np.int64)),
-            "ratings": torch.from_numpy(corpus.ratings[train].astype(np.float32)),
-        }
+        self.train_tensors = self.build_view(self)
         # Validation ranks items unseen in training; test also excludes validation items (RecBole's protocol).
         # Held-out users of split=users bring their known ratings, which are excluded like training items.
         known = self.split.known
@@ -134,7 +128,8 @@ class MovieLensDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     @property
     def n_train(self) -> int:
-        return len(self.split.train)
+        """Training examples per epoch (rows of the view)."""
+        return len(next(iter(self.train_tensors.values())))
 
     def train_dataloader(self) -> ShuffledBatches:
         rank, world = self._rank_and_world()

@@ -9,9 +9,58 @@ batch 8192 on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from hydra.utils import get_method
+
+if TYPE_CHECKING:
+    from recarena.data.datamodule import MovieLensDataModule
+
+#: Training views by name (``Loss.view``): a builder ``(datamodule) -> {column: tensor}`` over the training part of
+#: the split. Every view has a ``rows`` column (the corpus row of each example) so a family can look up any
+#: per-example context (a user's history before that rating, say) from its own precomputed tables. Builders are
+#: named by import path and imported on first use: a view's module (and its dependencies) loads only when asked.
+VIEWS: dict[str, str] = {
+    "pairs": "recarena.data.views.pairs_view",
+    "positives": "recarena.data.views.positives_view",
+    "triplets": "recarena.data.triplets.triplets_view",
+}
+
+
+def view_builder(name: str) -> Callable[[MovieLensDataModule], dict[str, torch.Tensor]]:
+    if name not in VIEWS:
+        raise ValueError(f"unknown training view {name!r}; known: {', '.join(VIEWS)}")
+    return get_method(VIEWS[name])
+
+
+def _rows_view(dm: MovieLensDataModule, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    corpus = dm.corpus
+    return {
+        "users": torch.from_numpy(corpus.users[rows].astype(np.int64)),
+        "items": torch.from_numpy(corpus.items[rows].astype(np.int64)),
+        "ratings": torch.from_numpy(corpus.ratings[rows].astype(np.float32)),
+        "rows": torch.from_numpy(rows.astype(np.int64)),
+    }
+
+
+def pairs_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:
+    """Every training rating: (user, item, rating) rows, for rating regression."""
+    return _rows_view(dm, dm.split.train)
+
+
+def positives_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:
+    """Training ratings >= the loss's positive threshold (all of them when it is None), for ranking losses."""
+    rows = dm.split.train
+    if dm.positive_threshold is not None:
+        rows = rows[dm.corpus.ratings[rows] >= dm.positive_threshold]
+    if not len(rows):
+        raise ValueError(
+            f"no training rating reaches loss.positive_threshold={dm.positive_threshold}: lower it (or null)"
+        )
+    return _rows_view(dm, rows)
 
 
 class ShuffledBatches:

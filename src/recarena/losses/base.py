@@ -7,7 +7,7 @@ before any data is read (see :mod:`recarena.checks`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,14 +21,21 @@ class Loss(nn.Module):
 
     #: Capabilities the family must provide (see ``RecommenderModule.provides``).
     needs: ClassVar[frozenset[str]] = frozenset()
-    #: Training view the datamodule serves for this loss (``pairs`` = (user, item, rating) rows).
+    #: Training view the datamodule serves for this loss (see ``recarena.data.views.VIEWS``).
     view: ClassVar[str] = "pairs"
 
-    def __init__(self, monitor: str = "val/ndcg@10", monitor_mode: str = "max") -> None:
+    def __init__(
+        self, monitor: str = "val/ndcg@10", monitor_mode: str = "max", positive_threshold: float | None = None
+    ) -> None:
         super().__init__()
         # The validation metric this objective is judged by (early stopping, best checkpoint).
         self.monitor = monitor
         self.monitor_mode = monitor_mode
+        # Ranking losses train on positives only: training ratings >= this (None = every rating).
+        self.positive_threshold = positive_threshold
+
+    def setup(self, datamodule: Any) -> None:
+        """Read what the loss needs from the training data (e.g. item frequencies for LogQ). Default: nothing."""
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

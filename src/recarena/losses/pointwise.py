@@ -24,5 +24,5 @@ class MSELoss(Loss):
     view = "pairs"
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred = model(batch["users"], batch["items"])  # (B,)
+        pred = model.rating(batch)  # (B,)
         return F.mse_loss(pred, batch["ratings"]) + model.penalty(batch)

@@ -48,8 +48,12 @@ class RecommenderModule(L.LightningModule):
         ks, relevance_threshold, head_share: evaluator settings (``conf/eval``).
     """
 
-    #: Capabilities a loss may ask for: "ratings" (predicts ratings), "embeddings" (user/item vectors),
-    #: "no_training" (nothing to fit), ...
+    #: Capabilities a loss may ask for (``Loss.needs``):
+    #:   "ratings"     -- ``rating(batch)``: predicted rating of each training row (and ``predict_ratings``);
+    #:   "scores"      -- ``score(batch, items)``: ranking score of each row's user for one item per row;
+    #:   "embeddings"  -- ``user_vectors(batch)`` / ``item_vectors(items)``, whose dot product is ``score``;
+    #:   "triplets"    -- ``embed_items(items)`` trained on (anchor, positive, negative) item triplets;
+    #:   "no_training" -- nothing to fit (the popularity baseline).
     provides: ClassVar[frozenset[str]] = frozenset()
     #: The family needs every evaluated user to have an id seen in training (refuses split=users).
     needs_user_ids: ClassVar[bool] = True
@@ -104,8 +108,28 @@ class RecommenderModule(L.LightningModule):
         """Build embedding tables with sparse gradients when the optimiser updates rows lazily."""
         return bool(getattr(getattr(optimizer, "func", None), "sparse_gradients", False))
 
+    # Training-time calls take the batch, because a row's user may be more than an id: a feature-based family
+    # builds it from context the view put in the batch (e.g. ``rows``, the corpus row of each example, to look
+    # up the history before it). Evaluation-time calls take user ids: a user as of the end of training.
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Score (or predicted rating) of each (user, item) pair. Shapes: (N,), (N,) -> (N,)."""
+        """Predicted rating (or score) of each (user, item) pair at evaluation time. (N,), (N,) -> (N,)."""
+        raise NotImplementedError
+
+    def rating(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Predicted rating of each training row, ``(B,)``. Id-based families: ``forward(users, items)``."""
+        return self(batch["users"], batch["items"])
+
+    def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """Ranking score of each training row's user for ``items[r]`` (one item per row), ``(B,)``, before
+        any squashing. Default: the dot product of the row's user vector and the item's vector."""
+        return (self.user_vectors(batch) * self.item_vectors(items)).sum(-1)
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, D)`` user representation of each training row (families with "embeddings")."""
+        raise NotImplementedError
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` item representations (families with "embeddings")."""
         raise NotImplementedError
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -123,8 +147,10 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         """Build the evaluator's metrics from the datamodule (training item popularity for bias metrics)."""
-        popularity = torch.as_tensor(self.trainer.datamodule.item_popularity, dtype=torch.float32)
+        datamodule = self.trainer.datamodule
+        popularity = torch.as_tensor(datamodule.item_popularity, dtype=torch.float32)
         self.on_popularity(popularity)
+        self.loss_fn.setup(datamodule)
         make = partial(
             RankingMetrics,
             ks=list(self.ks),

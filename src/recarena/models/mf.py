@@ -38,7 +38,7 @@ class MatrixFactorization(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"ratings", "embeddings"})
+    provides = frozenset({"ratings", "scores", "embeddings"})
 
     def __init__(
         self,
@@ -69,9 +69,24 @@ class MatrixFactorization(RecommenderModule):
     def _squash(self, logits: torch.Tensor) -> torch.Tensor:
         return self.y_low + (self.y_high - self.y_low) * torch.sigmoid(logits)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         dot = (self.user_factors(users) * self.item_factors(items)).sum(-1)  # (N,)
-        return self._squash(dot + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1))
+        return dot + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Predicted ratings: the sigmoid range applies to rating regression only."""
+        return self._squash(self._logits(users, items))
+
+    def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        return self._logits(batch["users"], items)
+
+    # MF as a two-tower with id-only towers: bias-augmented vectors [p_u, b_u, 1] . [q_i, 1, b_i]
+    # = p_u . q_i + b_u + b_i, so in-batch losses and ranking use exactly the model's own scores.
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_embeddings(batch["users"])
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_embeddings(items)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Bias-augmented dot products before the sigmoid: the same ranking as the predicted ratings (the
@@ -80,10 +95,16 @@ class MatrixFactorization(RecommenderModule):
         return logits.add_(self.user_bias(users)).add_(self.item_bias.weight.T)
 
     def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor:
-        return self.user_factors.weight if users is None else self.user_factors(users)
+        """Bias-augmented user vectors ``[p_u, b_u, 1]``, ``(B, n_factors + 2)`` (all users when None)."""
+        factors = self.user_factors.weight if users is None else self.user_factors(users)
+        bias = self.user_bias.weight if users is None else self.user_bias(users)
+        return torch.cat([factors, bias, torch.ones_like(bias)], dim=-1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_factors.weight
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Bias-augmented item vectors ``[q_i, 1, b_i]``, ``(N, n_factors + 2)`` (all items when None)."""
+        factors = self.item_factors.weight if items is None else self.item_factors(items)
+        bias = self.item_bias.weight if items is None else self.item_bias(items)
+        return torch.cat([factors, torch.ones_like(bias), bias], dim=-1)
 
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.l2:
