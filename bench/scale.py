@@ -7,6 +7,8 @@ Targets on a 2-core machine: cached load < 10 s, peak RSS < 8 GB.
 
     python bench/scale.py                          # 25M ratings, 160k users, 60k items
     python bench/scale.py --n-ratings 2000000      # a quicker look
+    python bench/scale.py --mining --mining-only   # also time model=siamese's triplet mining, then stop
+    python bench/scale.py --twotower --twotower-only   # time model=twotower's feature tables and a step, then stop
 """
 
 from __future__ import annotations
@@ -55,6 +57,41 @@ def rows_updated_by_one_step(cfg, dm) -> tuple[int, int]:
     return int(changed.sum()), len(changed)
 
 
+def time_mining(dm) -> None:
+    """model=siamese's descriptors, co-likes and triplet mining (its defaults) on the training part of the split."""
+    from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets
+
+    opts = MiningOptions()
+    x, _ = timed("siamese: item descriptors", lambda: item_descriptors(dm.corpus, opts.genome_k, opts.tags_k))
+    liked = timed("siamese: co-like matrix", lambda: liked_by(dm.corpus, dm.split.train, 4.0, opts.user_cap))
+    triplets = timed(f"siamese: mining ({opts.positives})",
+                     lambda: mine_triplets(x, liked, opts.positives, opts.negatives, seed=0))
+    print(f"  {x.shape[0]:,} items, {x.shape[1]:,} descriptors, {liked.nnz:,} likes, {len(triplets):,} triplets")
+
+
+def time_twotower(dm, batch_size: int) -> None:
+    """model=twotower's time-ordered context tables (its defaults) and one training step on a batch."""
+    import numpy as np
+
+    from recarena.data.features import build_context_arrays, item_features
+    from recarena.losses import MSELoss
+    from recarena.models.twotower import TwoTower
+
+    split = dm.split
+    arrays = timed("twotower: context tables", lambda: build_context_arrays(dm.corpus, split.train, split.known, 250, 3.0))
+    timed("twotower: item features", lambda: item_features(dm.corpus, ["genres", "year", "tags"], 50))
+    mib = sum(v.nbytes for v in vars(arrays).values() if isinstance(v, np.ndarray)) / 2**20
+    print(f"  {len(arrays.items):,} input ratings, {len(arrays.snap):,} snapshots, {len(arrays.ctx_flat):,} "
+          f"context-item ratings, {len(arrays.pos_flat):,} positives: {mib:,.0f} MiB of tables")
+    model = TwoTower(dm.schema, MSELoss())
+    timed("twotower: features into the model", lambda: model.build_features(dm.corpus, split))
+    rows = np.random.default_rng(0).choice(split.train, min(batch_size, len(split.train)), replace=False)
+    c = dm.corpus
+    batch = {"users": torch.as_tensor(c.users[rows]).long(), "items": torch.as_tensor(c.items[rows]).long(),
+             "ratings": torch.as_tensor(c.ratings[rows]), "rows": torch.as_tensor(rows)}
+    timed(f"twotower: forward + backward (batch {len(rows)})", lambda: model.loss_fn(model, batch).backward())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-ratings", type=int, default=25_000_000)
@@ -62,6 +99,10 @@ def main() -> None:
     parser.add_argument("--n-items", type=int, default=60_000)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--split", default="temporal")
+    parser.add_argument("--mining", action="store_true", help="also time model=siamese's triplet mining")
+    parser.add_argument("--mining-only", action="store_true", help="with --mining: stop after it (no MF epoch)")
+    parser.add_argument("--twotower", action="store_true", help="also time model=twotower's features and a step")
+    parser.add_argument("--twotower-only", action="store_true", help="with --twotower: stop after it")
     args = parser.parse_args()
     print(f"scale benchmark: {args.n_ratings:,} ratings, {args.n_users:,} users, {args.n_items:,} items; "
           f"{torch.get_num_threads()} threads")
@@ -84,6 +125,14 @@ def main() -> None:
         dm = build_datamodule(cfg, "pairs")
         timed("curate + split + views (first run)", lambda: dm.setup("fit"))
         timed("curate + split + views (cached)", lambda: build_datamodule(cfg, "pairs").setup("fit"))
+        if args.twotower:
+            time_twotower(dm, args.batch_size)
+            if args.twotower_only:
+                return
+        if args.mining:
+            time_mining(dm)
+            if args.mining_only:
+                return
 
         changed, total = rows_updated_by_one_step(cfg, dm)
         print(f"one sparse_adam step (batch {args.batch_size}) updated {changed:,} of {total:,} item rows")

@@ -37,6 +37,15 @@ class Loss(nn.Module):
     def setup(self, datamodule: Any) -> None:
         """Read what the loss needs from the training data (e.g. item frequencies for LogQ). Default: nothing."""
 
+    def compare(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, D), (N, D) -> (B, N)``: how this objective compares user and item vectors.
+
+        Embedding families rank the catalogue with it, so evaluation ranks by the similarity training optimised
+        (a model trained on cosine similarities is ranked by cosine, not by raw dot products that favour long
+        item vectors). Default: the dot product.
+        """
+        return users @ items.T
+
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 

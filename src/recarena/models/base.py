@@ -97,7 +97,9 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ family API
     @property
     def predicts_ratings(self) -> bool:
-        return "ratings" in self.provides
+        """RMSE/MAE are reported only when the family predicts ratings *and* was trained to: MF trained by a
+        ranking loss (BPR, in-batch softmax) outputs scores on no rating scale."""
+        return "ratings" in self.provides and "ratings" in self.loss_fn.needs
 
     @property
     def trainable(self) -> bool:

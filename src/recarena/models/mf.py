@@ -89,10 +89,10 @@ class MatrixFactorization(RecommenderModule):
         return self.item_embeddings(items)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Bias-augmented dot products before the sigmoid: the same ranking as the predicted ratings (the
-        sigmoid is monotone) without the float32 ties a saturated sigmoid produces near the top of the range."""
-        logits = self.user_factors(users) @ self.item_factors.weight.T  # (B, n_items)
-        return logits.add_(self.user_bias(users)).add_(self.item_bias.weight.T)
+        """Bias-augmented dot products before the sigmoid (the same ranking as the predicted ratings, as the
+        sigmoid is monotone, without the float32 ties a saturated sigmoid makes), or their cosine when the loss
+        trained on cosine similarities."""
+        return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings())
 
     def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor:
         """Bias-augmented user vectors ``[p_u, b_u, 1]``, ``(B, n_factors + 2)`` (all users when None)."""
