@@ -1,12 +1,13 @@
 """MF training throughput: recarena (Lightning + the real datamodule) against a bare PyTorch loop.
 
-Both sides train the same ``MatrixFactorization`` module with the same optimiser on the same tensors at the same
-batch size, in one process, one after the other, each for at least ``--seconds`` of training. Printed: samples/s
-of each side and their ratio (target >= 0.85 at batch 1024 and 8192 on CPU), then epoch wall times on ML-100K at
-batch 64 and 1024.
+Both sides train the same ``MatrixFactorization`` module (or the ``--model`` family's) with the same optimiser on
+the same tensors at the same batch size, in one process, one after the other, each for at least ``--seconds`` of
+training. Printed: samples/s of each side and their ratio (target >= 0.85 at batch 1024 and 8192 on CPU), then
+epoch wall times on ML-100K at batch 64 and 1024.
 
     python bench/throughput.py                  # 2M synthetic ratings, batches 1024 and 8192, 20 s per side
     python bench/throughput.py --seconds 5 --n-ratings 500000   # a quick look
+    python bench/throughput.py --model mlp --batch-sizes 1024     # another family (model= option), same protocol
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--n-ratings", type=int, default=2_000_000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
     parser.add_argument("--optimizer", default="adam", help="optimizer= option for both sides")
+    parser.add_argument("--model", default="mf", help="model= option for both sides (a family trained on pairs)")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     parser.add_argument("--skip-ml100k", action="store_true", help="skip the ML-100K epoch times")
     args = parser.parse_args()
@@ -100,12 +102,12 @@ def main() -> None:
     n_users, n_items = max(1000, args.n_ratings // 100), max(500, args.n_ratings // 400)
     data = ["data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={n_users}",
             f"data.n_items={n_items}", "split=random"]
-    print(f"MF throughput on synthetic data: {args.n_ratings:,} ratings, {n_users:,} users, {n_items:,} items; "
+    print(f"{args.model} throughput on synthetic data: {args.n_ratings:,} ratings, {n_users:,} users, {n_items:,} items; "
           f"optimizer={args.optimizer}; {torch.get_num_threads()} threads; >= {args.seconds:.0f} s per side")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for batch in args.batch_sizes:
-            overrides = [*data, "model=mf", f"optimizer={args.optimizer}", f"batch_size={batch}"]
+            overrides = [*data, f"model={args.model}", f"optimizer={args.optimizer}", f"batch_size={batch}"]
             # Alternate the two sides in rounds, so a slow spell of the machine hits both alike.
             bare_rates, our_rates = [], []
             for _ in range(args.rounds):
@@ -117,7 +119,7 @@ def main() -> None:
                   f"ratio {ours / bare:.3f} (per round: {rounds})")
         if not args.skip_ml100k:
             for batch in (64, 1024):
-                overrides = ["data=ml-100k", "split=random", "model=mf", f"optimizer={args.optimizer}",
+                overrides = ["data=ml-100k", "split=random", f"model={args.model}", f"optimizer={args.optimizer}",
                              f"batch_size={batch}"]
                 seconds = min(args.seconds, 10.0)
                 _, bare_epoch = bare_side(overrides, seconds, out)
