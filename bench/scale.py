@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -61,11 +62,11 @@ def time_mining(dm) -> None:
     """model=siamese's descriptors, co-likes and triplet mining (its defaults) on the training part of the split."""
     from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets
 
-    opts = MiningOptions()
+    opts, threshold = MiningOptions(), OmegaConf.load(REPO / "conf" / "loss" / "triplet.yaml").positive_threshold
     x, _ = timed("siamese: item descriptors", lambda: item_descriptors(dm.corpus, opts.genome_k, opts.tags_k))
-    liked = timed("siamese: co-like matrix", lambda: liked_by(dm.corpus, dm.split.train, 4.0, opts.user_cap))
-    triplets = timed(f"siamese: mining ({opts.positives})",
-                     lambda: mine_triplets(x, liked, opts.positives, opts.negatives, seed=0))
+    liked = timed("siamese: co-like matrix", lambda: liked_by(dm.corpus, dm.split.train, threshold, opts.user_cap))
+    triplets = timed(f"siamese: mining ({opts.positives})", lambda: mine_triplets(
+        x, liked, opts.content_per_anchor, opts.ratings_per_anchor, opts.negatives, seed=0))
     print(f"  {x.shape[0]:,} items, {x.shape[1]:,} descriptors, {liked.nnz:,} likes, {len(triplets):,} triplets")
 
 

@@ -224,3 +224,24 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, data_cache: Path) -> None:
     # Both processes' users add up to the single-process count: no user padded in or counted twice.
     stats = result["dataset"]["test"]
     assert result["test"]["test/users_ranked"] + result["test"]["test/users_skipped"] == stats["users"]
+
+
+@pytest.mark.slow
+def test_compare_families_sweep_leaves_mean_and_std(tmp_path: Path, data_cache: Path) -> None:
+    """experiment=compare_families: every family preset, several seeds, one leaderboard with mean ± std."""
+    from omegaconf import OmegaConf
+
+    families = OmegaConf.load(REPO / "conf" / "experiment" / "compare_families.yaml").hydra.sweeper.params.family
+    sweep = tmp_path / "compare"
+    proc = _run_train(
+        ["-m", "experiment=compare_families", "seed=1,2", *TINY_DATA, "trainer=cpu", "trainer.max_epochs=1",
+         "trainer.enable_progress_bar=false", "verbose=false", f"hydra.sweep.dir={sweep}"],
+        tmp_path, {"RECARENA_DATA": str(data_cache), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = pd.read_csv(sweep / "leaderboard.csv")
+    assert len(runs) == 2 * len(families.split(","))
+    markdown = (sweep / "leaderboard.md").read_text()
+    for family in families.split(","):
+        assert f"`family={family}`" in markdown
+    assert " ± " in markdown  # two seeds per configuration: mean ± std cells

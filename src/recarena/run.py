@@ -62,6 +62,7 @@ def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | Non
         user_chunk=int(cfg.eval.user_chunk),
         minibatches_per_step=int(cfg.minibatches_per_step),
         positive_threshold=positive_threshold,
+        view_options=OmegaConf.to_container(cfg.model, resolve=True),
     )
 
 

@@ -50,6 +50,7 @@ class MovieLensDataModule(L.LightningDataModule):
         positive_threshold: ranking losses' positives are training ratings >= this (None = all).
         user_chunk: users per evaluation batch (scores are user_chunk x n_items).
         minibatches_per_step: optimiser steps per Lightning training step (see :class:`ShuffledBatches`).
+        view_options: the family's options a view may read (the ``model=`` config; e.g. how ``triplets`` are mined).
     """
 
     def __init__(
@@ -62,8 +63,10 @@ class MovieLensDataModule(L.LightningDataModule):
         user_chunk: int = 2048,
         minibatches_per_step: int = 8,
         positive_threshold: float | None = None,
+        view_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.view_options = dict(view_options or {})
         self.build_view = view_builder(view)
         self.positive_threshold = positive_threshold
         self.data_cfg = data
