@@ -73,7 +73,7 @@ def test_score_all_is_score_of_every_pair(hidden: list[int], block_bytes: int, m
     assert expected.std() > 0.1  # a non-trivial network, not a near-constant one
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
     # Ranking by pre-sigmoid scores is ranking by predicted rating (the sigmoid is monotone).
-    torch.testing.assert_close(model._squash(scores), ratings, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.squash(scores), ratings, atol=1e-5, rtol=0)
 
 
 def test_score_all_of_a_subset_of_users_in_any_order() -> None:

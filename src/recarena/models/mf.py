@@ -25,6 +25,7 @@ from torch import nn
 
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
+from recarena.models.layers import SigmoidRange, touched_rows_l2
 
 
 class MatrixFactorization(RecommenderModule):
@@ -63,11 +64,8 @@ class MatrixFactorization(RecommenderModule):
             nn.init.normal_(table.weight, std=init_std)
         for table in (self.user_bias, self.item_bias):
             nn.init.zeros_(table.weight)
-        self.y_low, self.y_high = float(y_range[0]), float(y_range[1])
+        self.squash = SigmoidRange(y_range)
         self.l2 = l2
-
-    def _squash(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.y_low + (self.y_high - self.y_low) * torch.sigmoid(logits)
 
     def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         dot = (self.user_factors(users) * self.item_factors(items)).sum(-1)  # (N,)
@@ -75,7 +73,7 @@ class MatrixFactorization(RecommenderModule):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings: the sigmoid range applies to rating regression only."""
-        return self._squash(self._logits(users, items))
+        return self.squash(self._logits(users, items))
 
     def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         return self._logits(batch["users"], items)
@@ -110,10 +108,6 @@ class MatrixFactorization(RecommenderModule):
         if not self.l2:
             return torch.zeros((), device=self.device)
         users, items = batch["users"], batch["items"]
-        sq = (
-            self.user_factors(users).pow(2).sum(-1)
-            + self.item_factors(items).pow(2).sum(-1)
-            + self.user_bias(users).squeeze(-1).pow(2)
-            + self.item_bias(items).squeeze(-1).pow(2)
+        return self.l2 * touched_rows_l2(
+            (self.user_factors, users), (self.item_factors, items), (self.user_bias, users), (self.item_bias, items)
         )
-        return self.l2 * sq.mean()

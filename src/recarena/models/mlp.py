@@ -32,6 +32,7 @@ from torch import nn
 
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
+from recarena.models.layers import SigmoidRange, touched_rows_l2
 
 #: Upper bound on one (users x items x width) activation block in ``score_all``, in bytes.
 SCORE_BLOCK_BYTES = 256 * 2**20
@@ -89,11 +90,8 @@ class CollabMLP(RecommenderModule):
             rest += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(width_in, width_out)]
         self.rest = nn.Sequential(*rest)
         self.max_width = max(widths[1:])
-        self.y_low, self.y_high = float(y_range[0]), float(y_range[1])
+        self.squash = SigmoidRange(y_range)
         self.l2 = l2
-
-    def _squash(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.y_low + (self.y_high - self.y_low) * torch.sigmoid(logits)
 
     def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.user_factors(users), self.item_factors(items)], dim=-1)  # (N, d_u + d_i)
@@ -101,7 +99,7 @@ class CollabMLP(RecommenderModule):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings of (user, item) pairs, inside ``y_range``. (N,), (N,) -> (N,)."""
-        return self._squash(self._logits(users, items))
+        return self.squash(self._logits(users, items))
 
     def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid output for each row's user and ``items[r]``, ``(B,)`` (what ranking losses compare)."""
@@ -129,5 +127,4 @@ class CollabMLP(RecommenderModule):
         """λ · mean over the batch of |p_u|² + |q_i|² (only the rows the batch touches)."""
         if not self.l2:
             return torch.zeros((), device=self.device)
-        sq = self.user_factors(batch["users"]).pow(2).sum(-1) + self.item_factors(batch["items"]).pow(2).sum(-1)
-        return self.l2 * sq.mean()
+        return self.l2 * touched_rows_l2((self.user_factors, batch["users"]), (self.item_factors, batch["items"]))

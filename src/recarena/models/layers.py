@@ -1,0 +1,34 @@
+"""Small pieces the id-based families share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class SigmoidRange(nn.Module):
+    """``lo + (hi - lo) * sigmoid(x)``: squashes a logit into the rating range (fastai's ``sigmoid_range``).
+
+    A range a little wider than the rating scale (0, 5.5 for 1-5 stars) keeps the extreme ratings reachable
+    without saturating the sigmoid; predictions are clipped to the scale for RMSE/MAE.
+    """
+
+    def __init__(self, y_range: Sequence[float]) -> None:
+        super().__init__()
+        self.low, self.high = float(y_range[0]), float(y_range[1])
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(logits)
+
+
+def touched_rows_l2(*lookups: tuple[nn.Embedding, torch.Tensor]) -> torch.Tensor:
+    """Mean over the batch of the summed squared norms of the looked-up rows: sum_t |table_t[idx_t[r]]|^2.
+
+    The per-rating penalty of SGD matrix factorisation (Koren et al. 2009): a row is shrunk each time a batch
+    touches it, i.e. in proportion to how often it is seen, unlike weight decay, which shrinks every row on
+    every step and over-regularises rare items.
+    """
+    total = sum(table(index).pow(2).sum(-1) for table, index in lookups)
+    return total.mean()
