@@ -73,10 +73,9 @@ def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, f
     while elapsed < seconds:
         started = time.perf_counter()
         order = torch.randperm(n)
-        users, items, ratings = (tensors[k][order] for k in ("users", "items", "ratings"))
+        columns = {name: column[order] for name, column in tensors.items()}  # every column the view has
         for start in range(0, n, batch):
-            b = {"users": users[start : start + batch], "items": items[start : start + batch],
-                 "ratings": ratings[start : start + batch]}
+            b = {name: column[start : start + batch] for name, column in columns.items()}
             optimizer.zero_grad(set_to_none=True)
             loss = model.loss_fn(model, b)
             loss.backward()
