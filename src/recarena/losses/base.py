@@ -57,3 +57,31 @@ class NoLoss(Loss):
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise RuntimeError("loss=none trains nothing; it only fits families that need no training")
+
+
+class SeenPositives(nn.Module):
+    """The (user, item) training positives as sorted keys ``user * n_items + item``: a membership test by
+    binary search, vectorised and on the loss's device, without a users x items matrix.
+
+    BPR uses it to redraw negatives that are the user's positives (``exclude_seen``), the in-batch softmax to
+    mask other rows' positives that this user also liked (``mask_seen``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_items = 0
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def build(self, datamodule: Any) -> None:
+        tensors = datamodule.train_tensors
+        self.n_items = int(datamodule.schema.n_items)
+        keys = tensors["users"].long() * self.n_items + tensors["items"].long()  # (N,)
+        self.keys = torch.sort(keys).values.to(self.keys.device)
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """True where ``items`` is a training positive of ``users`` (any broadcastable shapes)."""
+        keys = users * self.n_items + items
+        if not len(self.keys):
+            return torch.zeros_like(keys, dtype=torch.bool)
+        found = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
+        return self.keys[found] == keys

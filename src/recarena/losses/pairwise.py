@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from recarena.checks import ConfigError
-from recarena.losses.base import Loss
+from recarena.losses.base import Loss, SeenPositives
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
@@ -60,23 +60,16 @@ class BPRLoss(Loss):
         self.n_negatives = int(n_negatives)
         self.exclude_seen = bool(exclude_seen)
         self.n_items = 0
-        # Sorted keys user * n_items + item of the training positives (exclude_seen only).
-        self.register_buffer("seen_keys", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.seen = SeenPositives()  # filled only with exclude_seen
 
     def setup(self, datamodule: Any) -> None:
         self.n_items = int(datamodule.schema.n_items)
         if self.exclude_seen:
-            tensors = datamodule.train_tensors
-            keys = tensors["users"].long() * self.n_items + tensors["items"].long()  # (N,)
-            self.seen_keys = torch.sort(keys).values.to(self.seen_keys.device)
+            self.seen.build(datamodule)
 
     def is_seen(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` True where ``items[n]`` is a training positive of ``users[n]`` (binary search in the keys)."""
-        if not len(self.seen_keys):
-            return torch.zeros_like(items, dtype=torch.bool)
-        keys = users * self.n_items + items
-        found = torch.searchsorted(self.seen_keys, keys).clamp_(max=len(self.seen_keys) - 1)
-        return self.seen_keys[found] == keys
+        """``(N,)`` True where ``items[n]`` is a training positive of ``users[n]``."""
+        return self.seen.contains(users, items)
 
     def sample_negatives(self, users: torch.Tensor, n_items: int) -> torch.Tensor:
         """One uniform item per entry of ``users`` (N,) -> (N,); with ``exclude_seen``, not a positive of it."""

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from recarena.checks import ConfigError
-from recarena.losses.base import Loss
+from recarena.losses.base import Loss, SeenPositives
 from recarena.losses.frequency import log_inclusion, make_estimator, uniform_log_miss
 
 if TYPE_CHECKING:
@@ -67,15 +67,12 @@ class InBatchSoftmaxLoss(Loss):
         self.scale = float(scale)
         self.mask_seen = bool(mask_seen)
         self.n_items = 0
-        # Sorted keys user * n_items + item of the training positives, for mask_seen (empty when off).
-        self.register_buffer("seen_keys", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.seen = SeenPositives()  # filled only with mask_seen
 
     def setup(self, datamodule: Any) -> None:
         self.n_items = int(datamodule.schema.n_items)
         if self.mask_seen:
-            tensors = datamodule.train_tensors
-            keys = tensors["users"].long() * self.n_items + tensors["items"].long()  # (N,)
-            self.seen_keys = torch.sort(keys).values.to(self.seen_keys.device)
+            self.seen.build(datamodule)
 
     # ------------------------------------------------------------------ pieces, overridden by the subclasses
     def columns(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +108,7 @@ class InBatchSoftmaxLoss(Loss):
 
     def seen_mask(self, users: torch.Tensor, columns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` True where column c is a training positive of row r's user and not row r's label."""
-        keys = users[:, None] * self.n_items + columns[None, :]  # (B, C)
-        found = torch.searchsorted(self.seen_keys, keys).clamp_(max=max(len(self.seen_keys) - 1, 0))
-        seen = self.seen_keys[found] == keys if len(self.seen_keys) else torch.zeros_like(keys, dtype=torch.bool)
+        seen = self.seen.contains(users[:, None], columns[None, :])  # (B, C)
         label = torch.arange(len(columns), device=columns.device)[None, :] == labels[:, None]  # (B, C)
         return seen & ~label
 
