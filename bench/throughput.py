@@ -1,18 +1,22 @@
-"""MF training throughput: recarena (Lightning + the real datamodule) against a bare PyTorch loop.
+"""Training throughput per family: recarena (Lightning + the real datamodule) against a bare PyTorch loop.
 
-Both sides train the same ``MatrixFactorization`` module (or the ``--model`` family's) with the same optimiser on
-the same tensors at the same batch size, in one process, one after the other, each for at least ``--seconds`` of
-training. Printed: samples/s of each side and their ratio (target >= 0.85 at batch 1024 and 8192 on CPU), then
-epoch wall times on ML-100K at batch 64 and 1024.
+Both sides train the same module (``--model``, with its default loss or ``--loss``) with the same optimiser on the
+same tensors (the loss's view: rating pairs, positives or triplets) at the same batch size, in one process, one
+after the other, each for at least ``--seconds`` of training. The bare loop calls ``model.attach(dm)`` itself,
+which builds what the family derives from the data (two-tower context tables, mined triplets, LogQ frequencies),
+then permutes, slices and steps. Printed: samples/s of each side and their ratio (target >= 0.85), then epoch
+wall times on ML-100K at batch 64 and 1024.
 
-    python bench/throughput.py                  # 2M synthetic ratings, batches 1024 and 8192, 20 s per side
+    python bench/throughput.py                  # MF, 2M synthetic ratings, batches 1024 and 8192, 20 s per side
     python bench/throughput.py --seconds 5 --n-ratings 500000   # a quick look
-    python bench/throughput.py --model mlp --batch-sizes 1024     # another family (model= option), same protocol
+    python bench/throughput.py --model twotower --loss logq --batch-sizes 1024   # another family / loss
+    python bench/throughput.py --families     # every family at its default batch size (the issue's table)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -23,6 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from hydra.utils import instantiate  # noqa: E402
 
 from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.timing import EpochTimer  # noqa: E402
@@ -36,16 +42,21 @@ def recarena_side(overrides: list[str], seconds: float, out: Path) -> tuple[floa
          "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false", "verbose=false", "test=false"],
         out,
     )
-    dm = build_datamodule(cfg, "pairs")
-    dm.prepare_data()
-    dm.setup("fit")
-    steps_per_epoch = -(-dm.n_train // int(cfg.batch_size))
+    dm = _datamodule(cfg)
     # Time one epoch first to choose how many epochs reach `seconds` of training.
     probe = _fit(cfg, dm, epochs=1, out=out)
     epochs = max(1, round(seconds / max(probe.train_seconds, 1e-6)))
     timer = _fit(cfg, dm, epochs=epochs, out=out)
-    del steps_per_epoch
     return timer.samples_per_second(dm.n_train), timer.train_seconds / timer.epochs_timed
+
+
+def _datamodule(cfg):
+    """The datamodule ``train.py`` builds for this config: the loss picks the view."""
+    loss = instantiate(cfg.loss)
+    dm = build_datamodule(cfg, loss.view, loss.positive_threshold)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 
 def _fit(cfg, dm, epochs: int, out: Path) -> EpochTimer:
@@ -61,11 +72,10 @@ def _fit(cfg, dm, epochs: int, out: Path) -> EpochTimer:
 def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
     """The same module, optimiser and tensors in a hand-written loop: permute, slice, step."""
     cfg = compose_config([*overrides, "trainer=cpu"], out)
-    dm = build_datamodule(cfg, "pairs")
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = _datamodule(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, dm)
+    model.attach(dm)  # what Lightning's setup does: loss statistics, feature tables, mined triplets
     optimizer = model.configure_optimizers()
     tensors = dm.train_tensors
     n, batch = dm.n_train, int(cfg.batch_size)
@@ -86,13 +96,34 @@ def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, f
     return samples / elapsed, elapsed / epochs
 
 
+#: ``--families``: every trainable family with its default loss, and the two-tower's retrieval loss.
+FAMILIES = ("mf", "mlp", "twotower_mse", "twotower_logq", "siamese")
+
+
+def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: Path) -> float:
+    """Both sides, alternated in rounds so a slow spell of the machine hits both alike; prints and returns the ratio."""
+    bare_rates, our_rates = [], []
+    for _ in range(rounds):
+        bare_rates.append(bare_side(overrides, seconds / rounds, out)[0])
+        our_rates.append(recarena_side(overrides, seconds / rounds, out)[0])
+    bare, ours = sum(bare_rates) / rounds, sum(our_rates) / rounds
+    per_round = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
+    print(f"{label:<28} bare loop {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
+          f"ratio {ours / bare:.3f} (per round: {per_round})", flush=True)
+    return ours / bare
+
+
 def main() -> None:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners between rows
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="training seconds per side and batch size")
     parser.add_argument("--n-ratings", type=int, default=2_000_000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
     parser.add_argument("--optimizer", default="adam", help="optimizer= option for both sides")
-    parser.add_argument("--model", default="mf", help="model= option for both sides (a family trained on pairs)")
+    parser.add_argument("--model", default="mf", help="model= option for both sides")
+    parser.add_argument("--loss", default=None, help="loss= option for both sides (default: the family's)")
+    parser.add_argument("--families", action="store_true",
+                        help=f"each of the family presets {', '.join(FAMILIES)} at the default batch size")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     parser.add_argument("--skip-ml100k", action="store_true", help="skip the ML-100K epoch times")
     args = parser.parse_args()
@@ -100,26 +131,23 @@ def main() -> None:
 
     n_users, n_items = max(1000, args.n_ratings // 100), max(500, args.n_ratings // 400)
     data = ["data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={n_users}",
-            f"data.n_items={n_items}", "split=random"]
-    print(f"{args.model} throughput on synthetic data: {args.n_ratings:,} ratings, {n_users:,} users, {n_items:,} items; "
-          f"optimizer={args.optimizer}; {torch.get_num_threads()} threads; >= {args.seconds:.0f} s per side")
+            f"data.n_items={n_items}", "split=random", f"optimizer={args.optimizer}"]
+    chosen = [f"model={args.model}", *([f"loss={args.loss}"] if args.loss else [])]
+    subject = "family presets" if args.families else " ".join(chosen)
+    print(f"{subject} throughput on synthetic data: {args.n_ratings:,} ratings, {n_users:,} users, {n_items:,} "
+          f"items; optimizer={args.optimizer}; {torch.get_num_threads()} threads; >= {args.seconds:.0f} s per side",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        if args.families:  # the default batch size of conf/train.yaml
+            ratios = {f: compare(f"family={f}", [*data, f"family={f}"], args.seconds, args.rounds, out) for f in FAMILIES}
+            print(f"lowest ratio: {min(ratios.values()):.3f} ({min(ratios, key=ratios.get)})")
+            return
         for batch in args.batch_sizes:
-            overrides = [*data, f"model={args.model}", f"optimizer={args.optimizer}", f"batch_size={batch}"]
-            # Alternate the two sides in rounds, so a slow spell of the machine hits both alike.
-            bare_rates, our_rates = [], []
-            for _ in range(args.rounds):
-                bare_rates.append(bare_side(overrides, args.seconds / args.rounds, out)[0])
-                our_rates.append(recarena_side(overrides, args.seconds / args.rounds, out)[0])
-            bare, ours = sum(bare_rates) / args.rounds, sum(our_rates) / args.rounds
-            rounds = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
-            print(f"batch {batch:>5}: bare loop {bare:>12,.0f} samples/s | recarena {ours:>12,.0f} samples/s | "
-                  f"ratio {ours / bare:.3f} (per round: {rounds})")
+            compare(f"batch {batch}", [*data, *chosen, f"batch_size={batch}"], args.seconds, args.rounds, out)
         if not args.skip_ml100k:
             for batch in (64, 1024):
-                overrides = ["data=ml-100k", "split=random", f"model={args.model}", f"optimizer={args.optimizer}",
-                             f"batch_size={batch}"]
+                overrides = ["data=ml-100k", "split=random", *chosen, f"optimizer={args.optimizer}", f"batch_size={batch}"]
                 seconds = min(args.seconds, 10.0)
                 _, bare_epoch = bare_side(overrides, seconds, out)
                 _, ours_epoch = recarena_side(overrides, seconds, out)

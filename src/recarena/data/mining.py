@@ -5,7 +5,7 @@
 very common descriptors dominate (a decade held by half the catalogue, Drama). So the descriptors are split:
 
 - the F most common (F <= 62) become an int64 bit signature per item; items with equal signatures form a group,
-  and two groups share ``tab[g, h] = popcount(sig_g & sig_h)`` common descriptors (a G x G table, G <= 4096);
+  and two groups share ``tab[g, h] = popcount(sig_g & sig_h)`` common descriptors (a G x G table, G <= 8192);
 - the other, rare, ones go through a sparse product that is cheap by construction: the items sharing a rare
   descriptor with the anchor are its *entries*, listed with their full overlap.
 
@@ -14,6 +14,10 @@ anchor the number of candidates at each overlap value v is ``pool[group(a), v]``
 descriptors with the anchor's) minus its entries, itself and its picked positives at that value: the largest or
 smallest overlap under a bound and how many items reach it follow without touching the other items. A uniformly
 random one is then drawn: a random tied entry, or a random member of the pool, redrawn while it is excluded.
+
+Within a chunk of anchors, a dense (anchors x items) table says which item is which entry and which is still a
+free pool candidate: it costs a fixed number of cells, where sorting the entries to search them cost more.
+Chunks are independent (each draws from its own seeded generator) and are mined by two threads.
 
 Co-likes ``C = B B^T`` (B: items x users, positive training ratings) are sparse; positives are per-row maxima over
 its non-zeros, ties at random.
@@ -26,9 +30,15 @@ import scipy.sparse as sp
 
 #: Anchors per chunk: bounds a chunk's sparse products (entries, co-likes) to about this many cells per anchor row.
 CHUNK_CELLS = 1 << 24
-MAX_GROUPS, MAX_BITS = 4096, 62
+#: Groups cap the (G, G) tables at ~11 bytes a cell (< 0.8 GB); more groups = more common bits = fewer entries.
+MAX_GROUPS, MAX_BITS = 8192, 62
 INF = 1 << 40
 _BYTES = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _index_dtype(bound: int) -> type:
+    """The smaller integer type that holds values up to ``bound`` (halves the group tables' memory)."""
+    return np.int32 if bound < np.iinfo(np.int32).max else np.int64
 
 
 def popcount(v: np.ndarray) -> np.ndarray:
@@ -46,7 +56,7 @@ class Groups:
         held = np.bincount(x.indices, minlength=x.shape[1])  # items per descriptor
         order = np.argsort(-held, kind="stable")
         best = (np.inf, order[:0], np.zeros(n, np.int64))
-        for f in sorted({min(f, x.shape[1]) for f in (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, MAX_BITS)}):
+        for f in sorted({min(f, x.shape[1]) for f in (1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, MAX_BITS)}):
             sig = (x[:, order[:f]].toarray().astype(np.int64) << np.arange(f)).sum(1)
             n_groups = len(np.unique(sig))
             cost = 4.0 * n_groups**2 + 10.0 * float((held[order[f:]].astype(np.float64) ** 2).sum())
@@ -65,30 +75,24 @@ class Groups:
         self.tab = popcount(sig_g[:, None] & sig_g[None, :]).astype(np.int8)  # (G, G) common descriptors shared
         # Per anchor group, the groups sorted by shared value with running member counts: the pool of a value is
         # one contiguous run, its size a difference and its p-th member a binary search.
-        self.by_value = np.argsort(self.tab, axis=1, kind="stable").astype(np.int32)  # (G, G)
-        self.running = np.cumsum(self.count[self.by_value], axis=1)  # (G, G) members up to each position
+        self.by_value = np.argsort(self.tab, axis=1, kind="stable").astype(np.int16)  # (G, G), G <= 2^15
+        self.running = np.cumsum(self.count[self.by_value], axis=1, dtype=_index_dtype(n))  # (G, G) members so far
         per_value = np.bincount((np.arange(g)[:, None] * width + self.tab).ravel(), minlength=g * width)
         start = np.cumsum(per_value.reshape(g, width), axis=1) - per_value.reshape(g, width)  # (G, F+1)
         before = np.concatenate([np.zeros((g, 1), np.int64), self.running], axis=1)
         self.base = np.take_along_axis(before, start, axis=1)  # (G, F+1) members before each value's run
         self.pool = np.diff(np.c_[self.base, np.full(g, n)], axis=1)  # (G, F+1) items sharing each value
-        self.flat = (self.running + (np.arange(g) * (n + 1))[:, None]).ravel()  # rows stacked, increasing
+        offsets = (np.arange(g) * (n + 1)).astype(_index_dtype(g * (n + 1)))
+        self.flat = (self.running + offsets[:, None]).ravel()  # rows stacked, increasing
 
     def member(self, group: np.ndarray, p: np.ndarray) -> np.ndarray:
         """The p-th item in ``group``'s layout of the catalogue (groups by increasing shared value, so a value's
         pool is the run ``base[group, v] <= p < base[group, v] + pool[group, v]``); group, p: (m,)."""
-        at = np.searchsorted(self.flat, group * (self.n + 1) + p, side="right")  # first position past p
+        query = (group * (self.n + 1) + p).astype(self.flat.dtype)  # same dtype, or numpy casts all of flat per call
+        at = np.searchsorted(self.flat, query, side="right")  # first position past p
         row, col = at // len(self.count), at % len(self.count)
         h = self.by_value[row, col]
         return self.members[self.first[h] + p - (self.running[row, col] - self.count[h])]
-
-
-def _sorted_find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Index of each query in the sorted ``keys``, -1 when absent."""
-    if not len(keys):
-        return np.full(len(query), -1, dtype=np.int64)
-    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[at] == query, at, -1)
 
 
 class Chunk:
@@ -101,16 +105,20 @@ class Chunk:
         self.g, self.rng = g, rng
         self.anchors = np.arange(start, stop)
         self.rows, self.group = np.arange(stop - start), g.gid[self.anchors]
-        shared = (g.rare[start:stop] @ g.rare_t).tocsr()  # (c, n) rare descriptors shared
-        shared.sort_indices()
-        r = np.repeat(self.rows, np.diff(shared.indptr))
+        c = stop - start
+        shared = g.rare[start:stop] @ g.rare_t  # (c, n) rare descriptors shared; indices unsorted within rows
+        r = np.repeat(self.rows.astype(np.int32), np.diff(shared.indptr))  # row-major: er stays sorted
         keep = shared.indices != self.anchors[r]
-        self.er, self.ej = r[keep], shared.indices[keep].astype(np.int64)
-        self.keys = self.er * g.n + self.ej  # sorted: entries are found by binary search
-        common = g.tab[self.group[self.er], g.gid[self.ej]].astype(np.int64)
-        self.ov = shared.data[keep].astype(np.int64) + common  # (E,) full overlap of each entry
+        self.er, self.ej = r[keep], shared.indices[keep]
+        # Dense (c, n) lookups cost CHUNK_CELLS cells, far less than sorting the entries to binary-search them:
+        # the entry of each (row, item) (-1: none), and whether a non-entry is still a pool candidate.
+        self.entry = np.full((c, g.n), -1, dtype=np.int32)
+        self.entry[self.er, self.ej] = np.arange(len(self.er), dtype=np.int32)
+        self.free = self.entry < 0
+        self.free[self.rows, self.anchors] = False
+        common = g.tab[self.group[self.er], g.gid[self.ej]]
+        self.ov = shared.data[keep].astype(np.int16) + common  # (E,) full overlap of each entry
         self.usable = np.ones(len(self.er), dtype=bool)
-        self.taken = np.empty(0, dtype=np.int64)  # keys of picked positives that are not entries
         self.width = max(g.n_bits + 1, int(self.ov.max(initial=0)) + 1)  # overlap values 0 .. width-1
         self.pooled = np.zeros((len(self.rows), self.width), dtype=np.int64)  # (c, W) non-entry candidates
         self.pooled[:, : g.n_bits + 1] = g.pool[self.group]
@@ -120,26 +128,30 @@ class Chunk:
         self._index()
 
     def _index(self) -> None:
-        """Usable entries sorted by (row, overlap), and their count per (row, value)."""
-        at = np.flatnonzero(self.usable)
-        cell = self.er[at] * self.width + self.ov[at]
-        order = np.argsort(cell, kind="stable")
-        self.cells, self.by_cell = cell[order], at[order]
+        """Entries sorted by (row, overlap), and their count per (row, value)."""
+        cell = self.er * self.width + self.ov
+        # A stable sort of 16-bit keys is numpy's radix sort (linear); chunks are sized so the keys nearly always fit.
+        small = self.pooled.size <= np.iinfo(np.uint16).max
+        self.by_cell = np.argsort(cell.astype(np.uint16) if small else cell, kind="stable")
+        self.cells = cell[self.by_cell]
         self.listed = np.bincount(cell, minlength=self.pooled.size).reshape(self.pooled.shape)  # (c, W)
 
     def overlap(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        at = _sorted_find(self.keys, rows * self.g.n + items)
+        at = self.entry[rows, items]
         listed = self.ov[np.maximum(at, 0)] if len(self.ov) else 0
         return np.where(at >= 0, listed, self.g.tab[self.group[rows], self.g.gid[items]]).astype(np.int64)
 
     def exclude(self, rows: np.ndarray, items: np.ndarray) -> None:
         """Picked positives stop being candidates of their row."""
-        at = _sorted_find(self.keys, rows * self.g.n + items)
-        self.usable[at[at >= 0]] = False
+        at = self.entry[rows, items]
+        if (at >= 0).any():  # drop them from the sorted entries (one compaction; no new sort)
+            self.usable[at[at >= 0]] = False
+            keep = self.usable[self.by_cell]
+            np.subtract.at(self.listed.reshape(-1), self.cells[~keep], 1)
+            self.cells, self.by_cell = self.cells[keep], self.by_cell[keep]
         r, j = rows[at < 0], items[at < 0]
         np.subtract.at(self.pooled, (r, self.g.tab[self.group[r], self.g.gid[j]]), 1)
-        self.taken = np.sort(np.r_[self.taken, r * self.g.n + j])
-        self._index()
+        self.free[r, j] = False
 
     def pick(self, rows: np.ndarray, bound: np.ndarray, largest: bool | np.ndarray):
         """For each (row, bound[, largest]) (m,): a uniformly random candidate of the row with the largest (or
@@ -180,9 +192,7 @@ class Chunk:
 
     def _free(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each item is a pool candidate of its row: not the anchor, an entry or a picked positive."""
-        key = rows * self.g.n + items
-        taken = (_sorted_find(self.keys, key) >= 0) | (_sorted_find(self.taken, key) >= 0)
-        return (items != self.anchors[rows]) & ~taken
+        return self.free[rows, items]
 
 
 def top_co_liked(likes: sp.csr_matrix, anchors: np.ndarray, k: int, rng: np.random.Generator):

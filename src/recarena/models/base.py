@@ -148,8 +148,12 @@ class RecommenderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Build the evaluator's metrics from the datamodule (training item popularity for bias metrics)."""
-        datamodule = self.trainer.datamodule
+        self.attach(self.trainer.datamodule)
+
+    def attach(self, datamodule: Any) -> None:
+        """Everything the module derives from the data before a step: the evaluator's metrics (training item
+        popularity for bias metrics), the loss's statistics, and in feature families their tables. Lightning
+        calls it from ``setup``; a bare loop (``bench/throughput.py``) calls it directly."""
         popularity = torch.as_tensor(datamodule.item_popularity, dtype=torch.float32)
         self.on_popularity(popularity)
         self.loss_fn.setup(datamodule)

@@ -186,9 +186,8 @@ class Siamese(RecommenderModule):
         return self._users(users, table) @ table.T  # (B, n_items) cosines
 
     # ------------------------------------------------------------------ data
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        dm = self.trainer.datamodule
+    def attach(self, dm: Any) -> None:
+        super().attach(dm)
         data = triplet_data(dm, self.mining)
         x = data.descriptors
         if self.first is None:

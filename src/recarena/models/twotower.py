@@ -125,9 +125,8 @@ class TwoTower(RecommenderModule):
         self._features_for: str | None = None
 
     # ------------------------------------------------------------------ features (training part only)
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        dm = self.trainer.datamodule
+    def attach(self, dm: Any) -> None:
+        super().attach(dm)
         if self._features_for == dm.split.fingerprint:  # fit, validate and test share one split
             return
         self.build_features(dm.corpus, dm.split)
