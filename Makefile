@@ -44,9 +44,10 @@ test: install-test data lint ## install test extras, fill the data cache, lint, 
 test-fast: install-test ## the suite without slow tests
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: install ## throughput and scale benchmarks (minutes)
+bench: install ## throughput, scale and inference benchmarks (minutes)
 	$(PY) bench/throughput.py
 	$(PY) bench/scale.py
+	$(PY) bench/inference.py
 
 clean: ## remove run outputs (not the data cache)
 	rm -rf outputs multirun lightning_logs .pytest_cache

@@ -9,11 +9,13 @@ Targets on a 2-core machine: cached load < 10 s, peak RSS < 8 GB.
     python bench/scale.py --n-ratings 2000000      # a quicker look
     python bench/scale.py --mining --mining-only   # also time model=siamese's triplet mining, then stop
     python bench/scale.py --twotower --twotower-only   # time model=twotower's feature tables and a step, then stop
+    python bench/scale.py --mlp-eval 20000 --mlp-eval-only   # model=mlp's full-catalogue test on a 20k-user sample
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import sys
 import tempfile
@@ -93,6 +95,19 @@ def time_twotower(dm, batch_size: int) -> None:
     timed(f"twotower: forward + backward (batch {len(rows)})", lambda: model.loss_fn(model, batch).backward())
 
 
+def time_mlp_eval(overrides: list[str], out: Path, max_users: int) -> None:
+    """model=mlp's full-catalogue test evaluation (the MLP over every user x item) on ``eval.max_users`` users;
+    the weights are untrained: the cost does not depend on them."""
+    cfg = compose_config([*overrides, "model=mlp", "optimizer=adam", f"eval.max_users={max_users}"], out)
+    dm = build_datamodule(cfg, "pairs")
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    trainer = build_trainer(cfg, out, EpochTimer(monitor="none"))
+    timed(f"mlp: test evaluation ({max_users:,} users)", lambda: trainer.test(model, datamodule=dm, verbose=False))
+    scored, everyone = dm.test_data.n_users_eval, dm.test_data.n_users_all
+    print(f"  {scored:,} of {everyone:,} test users scored against all {dm.schema.n_items:,} items")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-ratings", type=int, default=25_000_000)
@@ -104,7 +119,11 @@ def main() -> None:
     parser.add_argument("--mining-only", action="store_true", help="with --mining: stop after it (no MF epoch)")
     parser.add_argument("--twotower", action="store_true", help="also time model=twotower's features and a step")
     parser.add_argument("--twotower-only", action="store_true", help="with --twotower: stop after it")
+    parser.add_argument("--mlp-eval", type=int, default=0, metavar="USERS",
+                        help="also time model=mlp's test evaluation on a sample of this many users (eval.max_users)")
+    parser.add_argument("--mlp-eval-only", action="store_true", help="with --mlp-eval: stop after it")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners between the timed lines
     print(f"scale benchmark: {args.n_ratings:,} ratings, {args.n_users:,} users, {args.n_items:,} items; "
           f"{torch.get_num_threads()} threads")
 
@@ -133,6 +152,10 @@ def main() -> None:
         if args.mining:
             time_mining(dm)
             if args.mining_only:
+                return
+        if args.mlp_eval:
+            time_mlp_eval(overrides, Path(cache) / "run", args.mlp_eval)
+            if args.mlp_eval_only:
                 return
 
         changed, total = rows_updated_by_one_step(cfg, dm)

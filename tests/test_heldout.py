@@ -151,3 +151,19 @@ def test_bad_input_raises_data_error(kwargs: dict, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(DataError, match=match):
         EvalData(**args)
+
+
+def test_max_users_scores_a_seeded_sample_of_the_evaluated_users() -> None:
+    n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r = _random_split(n_users=400, n_ho=900)
+    full = EvalData(n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r)
+    sample = EvalData(n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r, max_users=50, seed=3)
+    again = EvalData(n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r, max_users=50, seed=3)
+    other = EvalData(n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r, max_users=50, seed=4)
+    assert sample.n_users_eval == 50 and sample.n_users_all == full.n_users_eval > 50
+    assert np.isin(sample.users, full.users).all() and (np.diff(sample.users) > 0).all()
+    np.testing.assert_array_equal(sample.users, again.users)  # same split and seed: the same users
+    assert not np.array_equal(sample.users, other.users)
+    users, *_ = _unchunk(sample.batches(16))
+    np.testing.assert_array_equal(users, sample.users)  # only the sampled users are scored
+    bigger = EvalData(n_users, n_items, ex_u, ex_i, ho_u, ho_i, ho_r, max_users=10_000)
+    np.testing.assert_array_equal(bigger.users, full.users)  # a cap above the count changes nothing

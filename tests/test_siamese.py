@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from recarena.checks import ConfigError, check_config
+from recarena.data.datamodule import MovieLensDataModule
 from recarena.losses.triplet import TripletLoss
 from recarena.models.base import Schema
 from recarena.models.siamese import Siamese
@@ -50,16 +52,20 @@ def test_incompatible_loss_lists_the_ones_that_fit(tmp_path: Path) -> None:
     check_config(compose_config(["model=siamese"], tmp_path))  # its default loss fits
 
 
-def test_text_encoding_is_a_clear_config_error() -> None:
-    with pytest.raises(ConfigError, match="encoding=text"):
-        Siamese(SCHEMA, TripletLoss(), encoding="text")
+def test_unknown_options_are_clear_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"model.encoding='tfidf' is unknown; use one of multi_hot, text"):
+        Siamese(SCHEMA, TripletLoss(), encoding="tfidf")
     with pytest.raises(ConfigError, match="user_weighting"):
         Siamese(SCHEMA, TripletLoss(), user_weighting="raw")
 
 
 @pytest.mark.parametrize(
     ("weighting", "expected"),
-    [("seed", [[5 / 8, 3 / 8, 0.0], [0.0, 0.5, 0.5]]), ("centred", [[0.5, -0.5, 0.0], [0.0, 0.5, -0.5]])],
+    [
+        ("seed", [[5 / 8, 3 / 8, 0.0], [0.0, 0.5, 0.5]]),
+        ("centred", [[0.5, -0.5, 0.0], [0.0, 0.5, -0.5]]),
+        ("liked", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),  # below-mean ratings weigh nothing
+    ],
 )
 def test_user_weighting(weighting: str, expected: list[list[float]]) -> None:
     corpus = small_corpus()  # user 0 rated items 0, 1 with 5, 3; user 1 rated items 1, 2 with 4, 1
@@ -71,22 +77,32 @@ def test_user_weighting(weighting: str, expected: list[list[float]]) -> None:
     assert torch.allclose(dense, torch.tensor(expected))
 
 
-def test_equal_ratings_give_uniform_centred_weights() -> None:
+@pytest.mark.parametrize("weighting", ["centred", "liked"])
+def test_equal_ratings_give_uniform_centred_weights(weighting: str) -> None:
     corpus = small_corpus()
     corpus.ratings[:] = 4.0
-    _, _, weights = Siamese(SCHEMA, TripletLoss(), user_weighting="centred").user_profiles(corpus, np.arange(4))
+    _, _, weights = Siamese(SCHEMA, TripletLoss(), user_weighting=weighting).user_profiles(corpus, np.arange(4))
     assert torch.allclose(weights, torch.full((4,), 0.5))
+
+
+def fit_briefly(
+    make_cfg, *overrides: str, batches: int = 2
+) -> tuple[DictConfig, MovieLensDataModule, Siamese, L.Trainer]:
+    """(cfg, datamodule, model, trainer): ``model=siamese`` on the tiny data, trained on ``batches`` batches
+    (0: set-up only: descriptors, profiles, encoder), no validation."""
+    cfg = make_cfg("model=siamese", *overrides)
+    dm = build_datamodule(cfg, "triplets", 3.0)
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return cfg, dm, model, trainer
 
 
 def test_scores_are_cosines_of_weighted_mean_users(make_cfg) -> None:
     """score_all(users) = cos(sum_i w_ui f(i), f(j)) for every item j, and forward() agrees with it."""
-    cfg = make_cfg("model=siamese")
-    dm = build_datamodule(cfg, "triplets", 3.0)
-    dm.setup("fit")
-    model = build_model(cfg, dm)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")  # fmt: skip
-    trainer.fit(model, datamodule=dm)
+    _, dm, model, _ = fit_briefly(make_cfg)
     users = torch.arange(dm.corpus.n_users)
     with torch.no_grad():
         items = model.embed_items(torch.arange(dm.corpus.n_items))  # (n, D), unit rows
@@ -103,13 +119,7 @@ def test_scores_are_cosines_of_weighted_mean_users(make_cfg) -> None:
 
 @pytest.mark.parametrize("extra", [[], ["model.hidden=[32]", "model.item_ids=false"]])
 def test_loss_falls_on_one_batch(make_cfg, extra: list[str]) -> None:
-    cfg = make_cfg("model=siamese", *extra)
-    dm = build_datamodule(cfg, "triplets", 3.0)
-    dm.setup("fit")
-    model = build_model(cfg, dm)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")  # fmt: skip
-    trainer.fit(model, datamodule=dm)  # setup only: descriptors, profiles, encoder
+    cfg, dm, model, _ = fit_briefly(make_cfg, *extra, batches=0)
     batch = {k: v[:256] for k, v in dm.train_tensors.items()}
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     first = model.loss_fn(model, batch).item()

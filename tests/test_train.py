@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recarena.checks import ConfigError
 from recarena.run import train
 from tests.conftest import TINY_DATA, ml100k_cache
 
@@ -245,3 +246,13 @@ def test_compare_families_sweep_leaves_mean_and_std(tmp_path: Path, data_cache: 
     for family in families.split(","):
         assert f"`family={family}`" in markdown
     assert " ± " in markdown  # two seeds per configuration: mean ± std cells
+
+
+def test_eval_max_users_scores_a_sample_and_says_so(make_cfg) -> None:
+    full = train(make_cfg("model=popularity"))
+    sampled = train(make_cfg("model=popularity", "eval.max_users=20"))
+    n_test, n_all = sampled["eval_users"]["test"]
+    assert n_test == 20 and n_all == full["eval_users"]["test"][0] > 20
+    assert sampled["test"]["test/ndcg@10"] != full["test"]["test/ndcg@10"]
+    with pytest.raises(ConfigError, match="eval.max_users"):
+        train(make_cfg("model=popularity", "eval.max_users=0"))

@@ -161,8 +161,8 @@ def test_likes_use_the_given_rows_threshold_and_cap() -> None:
 
 
 def test_bad_options_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="encoding=text.*multi_hot"):
-        MiningOptions.from_config({"encoding": "text"})
+    with pytest.raises(ConfigError, match="encoding='tfidf' is unknown; use one of multi_hot, text"):
+        MiningOptions.from_config({"encoding": "tfidf"})
     with pytest.raises(ConfigError, match="model.negatives"):
         MiningOptions.from_config({"negatives": "hardest"})
     assert MiningOptions.from_config({"positives": "content", "other_key": 1}).positives == "content"

@@ -41,6 +41,7 @@ def staging_dir(dest: str | Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700; caches and run dirs are meant to be read by others
     try:
         yield tmp
     finally:

@@ -19,7 +19,7 @@ class ConfigError(ValueError):
     """An option or a combination of options that cannot work; the message says which and what to use."""
 
 
-def _group_targets(group: str) -> dict[str, str]:
+def group_targets(group: str) -> dict[str, str]:
     """``{option name: _target_}`` of every YAML in ``conf/<group>/``."""
     targets = {}
     for path in sorted((CONF_DIR / group).glob("*.yaml")):
@@ -32,7 +32,7 @@ def _group_targets(group: str) -> dict[str, str]:
 def compatible_losses(model_target: str) -> list[str]:
     """Names of the ``loss=`` options whose needs the family provides."""
     provides = get_class(model_target).provides
-    return [name for name, target in _group_targets("loss").items() if get_class(target).needs <= provides]
+    return [name for name, target in group_targets("loss").items() if get_class(target).needs <= provides]
 
 
 def check_model_and_loss(cfg: DictConfig) -> None:
@@ -86,6 +86,17 @@ def check_eval(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.ks must be a non-empty list of positive cut-offs, got {ks}.")
     if int(cfg.batch_size) <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}.")
+    max_users = cfg.eval.get("max_users")
+    if max_users is not None and (not isinstance(max_users, int) or max_users < 1):
+        raise ConfigError(f"eval.max_users must be a positive integer or null (all users), got {max_users!r}.")
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Options that need an optional extra installed fail here, before any data work."""
+    if cfg.model.get("encoding") == "text":
+        from recarena.data.text_encoding import require_text_extra
+
+        require_text_extra()
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -95,10 +106,11 @@ def check_config(cfg: DictConfig) -> None:
     check_accelerator(cfg)
     check_data(cfg)
     check_eval(cfg)
+    check_extras(cfg)
 
 
 def option_name(cfg: DictConfig, group: str, default: str = "?") -> str:
     """The option name (``mf``) whose ``_target_`` the config uses, found in ``conf/<group>/``."""
     target = cfg[group]._target_
-    names = [name for name, t in _group_targets(group).items() if t == target]
+    names = [name for name, t in group_targets(group).items() if t == target]
     return names[0] if names else default

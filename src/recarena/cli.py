@@ -1,7 +1,8 @@
 """The ``recarena`` command (also ``python -m recarena``): one entry point that dispatches to subcommands.
 
 Each subcommand is the ``main(argv)`` of the module that owns it, so the logic lives in one place:
-``recarena fetch ml-100k`` (recarena.data.sources) and ``recarena leaderboard PATH...`` (recarena.report).
+``recarena fetch ml-100k`` (recarena.data.sources), ``recarena leaderboard PATH...`` (recarena.report),
+``recarena recommend RUN_DIR --user 196`` and ``recarena similar RUN_DIR TITLE`` (recarena.commands.use).
 Training itself is ``python train.py ...`` (Hydra owns that command line).
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "fetch": ("recarena.data.sources", ["fetch"], "fill the data cache with a MovieLens release"),
     "leaderboard": ("recarena.report", [], "rebuild leaderboard.md/.csv from run or sweep dirs"),
+    "recommend": ("recarena.commands.use", ["recommend"], "top-K unseen movies for a user of a trained run"),
+    "similar": ("recarena.commands.use", ["similar"], "movies nearest to one by a trained run's item embeddings"),
 }
 
 

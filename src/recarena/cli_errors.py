@@ -9,16 +9,18 @@ from collections.abc import Iterator
 
 from recarena.checks import ConfigError
 from recarena.data.corpus import DataError
+from recarena.rundir import RunError
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, RunError)
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
+def exit_on_user_error(debug: bool = False) -> Iterator[None]:
+    """``debug`` (a command's ``--debug``) re-raises, as ``RECARENA_DEBUG=1`` does."""
     try:
         yield
     except USER_ERRORS as error:
-        if os.environ.get("RECARENA_DEBUG"):
+        if debug or os.environ.get("RECARENA_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,6 +28,7 @@ from recarena.checks import check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.report import config_key
+from recarena.rundir import save_run_data
 from recarena.timing import EpochTimer
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | Non
         minibatches_per_step=int(cfg.minibatches_per_step),
         positive_threshold=positive_threshold,
         view_options=OmegaConf.to_container(cfg.model, resolve=True),
+        max_eval_users=cfg.eval.get("max_users"),
     )
 
 
@@ -153,12 +155,17 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "train_samples_per_s": round(timer.samples_per_second(dm.n_train), 1),
         "best_checkpoint": str(best_path) if best_path else None,
         "split_fingerprint": dm.split.fingerprint,
+        # Users scored / users with a held-out rating: fewer when eval.max_users samples them.
+        "eval_users": {part: [data.n_users_eval, data.n_users_all] for part, data in
+                       (("val", dm.val_data), ("test", dm.test_data))},
         "dataset": dm.stats,
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
     _finish_loggers(trainer)
     if main_process:
+        if cfg.get("save_run_data", True):  # what load_run needs beside the checkpoint (recarena.rundir)
+            save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
         write_json_atomic(output_dir / "metrics.json", result)
         if cfg.get("verbose", True):
             print_metrics(result)

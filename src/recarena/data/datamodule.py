@@ -51,6 +51,9 @@ class MovieLensDataModule(L.LightningDataModule):
         user_chunk: users per evaluation batch (scores are user_chunk x n_items).
         minibatches_per_step: optimiser steps per Lightning training step (see :class:`ShuffledBatches`).
         view_options: the family's options a view may read (the ``model=`` config; e.g. how ``triplets`` are mined).
+        max_eval_users: score a seeded random sample of this many users in validation and test (``eval.max_users``;
+            None = every user with a held-out rating). The sample depends on the split and seed only, so every
+            family of one sweep is scored on the same users.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class MovieLensDataModule(L.LightningDataModule):
         minibatches_per_step: int = 8,
         positive_threshold: float | None = None,
         view_options: Mapping[str, Any] | None = None,
+        max_eval_users: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_eval_users = max_eval_users
         self.view_options = dict(view_options or {})
         self.build_view = view_builder(view)
         self.positive_threshold = positive_threshold
@@ -93,7 +98,13 @@ class MovieLensDataModule(L.LightningDataModule):
         corpus = curate(raw, curation, self.seed)
         cache_dir = Path(str(self.data_cfg["cache_dir"])).expanduser()
         key = f"{corpus_key(raw)}-{curation_key(curation, self.seed)}"
-        self.split = load_or_make_split(corpus, self.split_cfg, self.seed, cache_dir, key)
+        self.use(corpus, load_or_make_split(corpus, self.split_cfg, self.seed, cache_dir, key))
+
+    def use(self, corpus: Corpus, split: Split) -> None:
+        """Serve this (curated) corpus and split: everything derived from them (statistics, schema, training
+        view, evaluation data) is computed here. ``setup`` passes what it read from the data cache;
+        :func:`recarena.inference.load_run` what a run dir saved, so a loaded run sees exactly what training saw."""
+        self.split = split
         self.corpus = corpus
         self.stats = split_stats(corpus, self.split)
         self.stats["dropped_rows"] = corpus.n_dropped
@@ -126,6 +137,8 @@ class MovieLensDataModule(L.LightningDataModule):
             heldout_users=c.users[heldout_rows],
             heldout_items=c.items[heldout_rows],
             heldout_ratings=c.ratings[heldout_rows],
+            max_users=self.max_eval_users,
+            seed=self.seed,
         )
 
     # ------------------------------------------------------------------ loaders

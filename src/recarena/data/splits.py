@@ -219,8 +219,9 @@ def split_cache_path(cache_dir: Path, corpus_key: str, cfg: Mapping, seed: int) 
     return Path(cache_dir) / "splits" / f"{key}.npz"
 
 
-def _read(path: Path, corpus: Corpus) -> Split | None:
-    """The cached split, or None when missing, unreadable or inconsistent (it is then rebuilt)."""
+def read_split(path: Path, corpus: Corpus) -> Split | None:
+    """The split saved at ``path`` (a cache entry, or a run dir's ``data/split.npz``), or None when missing,
+    unreadable or inconsistent with ``corpus`` (the cache then rebuilds it)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             parts = {k: z[k].astype(np.int64) for k in PARTS}
@@ -228,7 +229,7 @@ def _read(path: Path, corpus: Corpus) -> Split | None:
     except FileNotFoundError:
         return None
     except Exception as err:  # truncated zip, missing member, bad header: all mean "rebuild"
-        log.warning("ignoring unreadable split cache %s (%s); rebuilding", path, err)
+        log.warning("ignoring unreadable split file %s (%s)", path, err)
         return None
     allrows = np.concatenate([parts[k] for k in PARTS])
     if (
@@ -236,9 +237,20 @@ def _read(path: Path, corpus: Corpus) -> Split | None:
         or len(allrows) != corpus.n_ratings
         or (len(allrows) and (allrows.min() < 0 or allrows.max() >= corpus.n_ratings))
     ):
-        log.warning("ignoring inconsistent split cache %s; rebuilding", path)
+        log.warning("ignoring split file %s: it does not match the corpus", path)
         return None
     return Split(name=name, **parts, fingerprint=fp, val_users_cold=cold)
+
+
+def write_split(path: Path, split: Split) -> None:
+    """Save ``split`` as npz (temp file + ``os.replace``: a reader never sees half a file); :func:`read_split`
+    reads it back. Row indices are stored as int32 when they fit (half the size; read back as int64)."""
+    n_rows = sum(len(getattr(split, k)) for k in PARTS)
+    compact = np.int32 if n_rows < 2**31 else np.int64
+    with atomic_file(path, "wb") as f:
+        meta = {"name": np.str_(split.name), "fingerprint": np.str_(split.fingerprint)}
+        parts = {k: getattr(split, k).astype(compact) for k in PARTS}
+        np.savez(f, **parts, **meta, val_users_cold=split.val_users_cold)
 
 
 def load_or_make_split(
@@ -248,13 +260,13 @@ def load_or_make_split(
     if cache_dir is None:
         return make_split(corpus, cfg, seed)
     path = split_cache_path(cache_dir, corpus_key, cfg, seed)
-    split = _read(path, corpus)
+    split = read_split(path, corpus)
     if split is not None:
         return split
+    if path.exists():
+        log.warning("rebuilding the split cache %s", path)
     split = make_split(corpus, cfg, seed)
-    with atomic_file(path, "wb") as f:
-        meta = {"name": np.str_(split.name), "fingerprint": np.str_(split.fingerprint)}
-        np.savez(f, **{k: getattr(split, k) for k in PARTS}, **meta, val_users_cold=split.val_users_cold)
+    write_split(path, split)
     return split
 
 

@@ -27,13 +27,16 @@ Ties (several items at the same overlap or co-like count) are broken uniformly a
 with the run seed, so a run's triplets are reproducible. Held-out triplets are those of a seeded
 ``heldout_fraction`` of the anchors (all of each one's), for the triplet ROC-AUC.
 
+Mining always works on the multi-hot overlaps: the triplets do not depend on ``model.encoding`` (the encoder's
+input, multi-hot or the descriptors' text vectors of :mod:`recarena.data.text_encoding`).
+
 Run: ``python train.py model=siamese`` (the ``loss=triplet`` view ``triplets``).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +47,7 @@ import torch
 from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
 from recarena.data.mining import CHUNK_CELLS, INF, Chunk, Groups, top_co_liked
+from recarena.data.text_encoding import require_text_extra
 
 if TYPE_CHECKING:
     from recarena.data.datamodule import MovieLensDataModule
@@ -71,20 +75,20 @@ class MiningOptions:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> MiningOptions:
-        """Known keys of ``cfg`` (other model keys are ignored), checked; raises :class:`ConfigError`."""
+        """Known keys of ``cfg`` (other model keys are ignored), checked; raises :class:`ConfigError` (also for
+        ``encoding=text`` without the text extra installed, before any mining)."""
         cfg = cfg or {}
         opts = cls(**{f.name: type(f.default)(cfg[f.name]) for f in fields(cls) if cfg.get(f.name) is not None})
-        choices = {"positives": ("content", "ratings", "both"), "negatives": ("easiest", "semi_hard")}
+        choices = {
+            "positives": ("content", "ratings", "both"),
+            "negatives": ("easiest", "semi_hard"),
+            "encoding": ("multi_hot", "text"),
+        }
         for key, allowed in choices.items():
             if getattr(opts, key) not in allowed:
                 raise ConfigError(f"model.{key}={getattr(opts, key)!r} is unknown; use one of {', '.join(allowed)}.")
         if opts.encoding == "text":
-            raise ConfigError(
-                "model.encoding=text (a sentence-embedding model over the descriptor strings) is not available "
-                "yet; use model.encoding=multi_hot."
-            )
-        if opts.encoding != "multi_hot":
-            raise ConfigError(f"model.encoding={opts.encoding!r} is unknown; use multi_hot.")
+            require_text_extra()
         if not 0.0 <= opts.heldout_fraction < 1.0:
             raise ConfigError(f"model.heldout_fraction must be in [0, 1), got {opts.heldout_fraction}.")
         if min(opts.genome_k, opts.tags_k, opts.content_per_anchor, opts.ratings_per_anchor) < 0 or opts.user_cap < 1:
@@ -238,7 +242,8 @@ def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) 
     if not hasattr(dm, "triplet_cache"):
         dm.triplet_cache = {}
     cache = dm.triplet_cache
-    if opts not in cache:
+    key = replace(opts, encoding="multi_hot")  # descriptors and triplets are the same for every encoding
+    if key not in cache:
         x, vocabulary = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k)
         liked = None
         if opts.positives != "content":
@@ -249,8 +254,8 @@ def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) 
         if not len(triplets):
             raise ConfigError(f"no triplet could be mined from {dm.corpus.name} with model.positives={opts.positives}")
         train, heldout = split_by_anchor(triplets, opts.heldout_fraction, dm.seed)
-        cache[opts] = TripletData(x, vocabulary, train, heldout)
-    return cache[opts]
+        cache[key] = TripletData(x, vocabulary, train, heldout)
+    return cache[key]
 
 
 def triplets_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:

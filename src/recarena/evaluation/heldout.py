@@ -104,6 +104,8 @@ class EvalData:
         heldout_users: Any,
         heldout_items: Any,
         heldout_ratings: Any,
+        max_users: int | None = None,
+        seed: int = 0,
     ) -> None:
         if int(n_users) < 0 or int(n_items) < 1:
             raise DataError(f"EvalData: need n_users >= 0 and n_items >= 1, got {n_users}, {n_items}")
@@ -140,6 +142,11 @@ class EvalData:
         self._ex_indptr = np.concatenate([[0], np.cumsum(ex_counts)]).astype(np.int64)
         self._ho_indptr = np.concatenate([[0], np.cumsum(ho_counts)]).astype(np.int64)
         self._users = np.flatnonzero(ho_counts > 0).astype(np.int64)
+        self.n_users_all = int(self._users.size)
+        if max_users is not None and self._users.size > int(max_users):
+            # A uniform sample keeps every metric an unbiased estimate of its all-user mean (users are the unit).
+            sample = np.random.default_rng([seed, 7]).choice(self._users, int(max_users), replace=False)
+            self._users = np.sort(sample)
 
     @property
     def users(self) -> np.ndarray:

@@ -24,13 +24,8 @@ def dense_masks(
     True when ``i`` is a held-out item of row ``r`` with rating ``>= relevance_threshold``; with
     ``relevance_threshold=None`` every held-out item is relevant. Duplicate pairs collapse to one True.
     """
-    users = batch["users"]
-    device = users.device
-    n_rows = users.shape[0]
-    exclude = torch.zeros((n_rows, n_items), dtype=torch.bool, device=device)
-    exclude.index_put_(
-        (batch["excl_row"], batch["excl_item"]), torch.ones((), dtype=torch.bool, device=device)
-    )
+    exclude = exclusion_mask(batch, n_items)
+    device, n_rows = exclude.device, exclude.shape[0]
     held_row, held_item = batch["held_row"], batch["held_item"]
     if relevance_threshold is not None:
         keep = batch["held_rating"] >= relevance_threshold
@@ -38,6 +33,14 @@ def dense_masks(
     relevant = torch.zeros((n_rows, n_items), dtype=torch.bool, device=device)
     relevant.index_put_((held_row, held_item), torch.ones((), dtype=torch.bool, device=device))
     return exclude, relevant
+
+
+def exclusion_mask(batch: Mapping[str, torch.Tensor], n_items: int) -> torch.Tensor:
+    """``(B, n_items)`` bool, True where item ``i`` must not be ranked for chunk row ``r`` (``excl_row/excl_item``)."""
+    users = batch["users"]
+    exclude = torch.zeros((users.shape[0], n_items), dtype=torch.bool, device=users.device)
+    exclude.index_put_((batch["excl_row"], batch["excl_item"]), torch.ones((), dtype=torch.bool, device=users.device))
+    return exclude
 
 
 def _ordered_int(scores: torch.Tensor) -> torch.Tensor:

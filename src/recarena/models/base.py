@@ -138,6 +138,20 @@ class RecommenderModule(L.LightningModule):
         """Scores of every catalogue item for each user: (B,) -> (B, n_items). Higher = recommended first."""
         raise NotImplementedError
 
+    def item_similarity_vectors(self) -> torch.Tensor | None:
+        """``(n_items, D)`` item vectors whose cosine says how alike two movies are (``recarena similar``), or None
+        when the family has none (popularity). Default: the triplet encoder's embeddings of families trained on
+        item triplets; families with an item embedding override it (without bias columns: a bias is a
+        popularity, not a direction, and would pull every popular movie towards every other)."""
+        if "triplets" in self.provides:
+            return self.embed_items(torch.arange(self.schema.n_items, device=self.device))
+        return None
+
+    @classmethod
+    def compares_items(cls) -> bool:
+        """Whether :meth:`item_similarity_vectors` gives vectors: names the families ``similar`` works with."""
+        return "triplets" in cls.provides or cls.item_similarity_vectors is not RecommenderModule.item_similarity_vectors
+
     def predict_ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings clipped to the rating scale, for RMSE/MAE."""
         return self(users, items).clamp(self.schema.rating_low, self.schema.rating_high)

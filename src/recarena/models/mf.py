@@ -104,6 +104,10 @@ class MatrixFactorization(RecommenderModule):
         bias = self.item_bias.weight if items is None else self.item_bias(items)
         return torch.cat([factors, torch.ones_like(bias), bias], dim=-1)
 
+    def item_similarity_vectors(self) -> torch.Tensor:
+        """The item factors ``q_i`` (fastai's movie similarity, seed 003), without the bias columns."""
+        return self.item_factors.weight
+
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.l2:
             return torch.zeros((), device=self.device)

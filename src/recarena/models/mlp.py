@@ -123,6 +123,10 @@ class CollabMLP(RecommenderModule):
             scores[:, start : start + chunk] = self.rest(block).squeeze(-1)  # (B, C, 1) -> (B, C)
         return scores
 
+    def item_similarity_vectors(self) -> torch.Tensor:
+        """The item embedding table, the input the MLP reads an item from (fastai's entity embeddings)."""
+        return self.item_factors.weight
+
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """λ · mean over the batch of |p_u|² + |q_i|² (only the rows the batch touches)."""
         if not self.l2:

@@ -193,6 +193,11 @@ class TwoTower(RecommenderModule):
         so it changes no ranking."""
         return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings())
 
+    def item_similarity_vectors(self) -> torch.Tensor:
+        """The item tower's output without its bias column (``item_bias``)."""
+        vectors = self.item_embeddings()
+        return vectors[:, :-1] if self.item_tower.bias is not None else vectors
+
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tower = self.item_tower
         if not self.l2:
