@@ -24,7 +24,13 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project
 
-install-test: $(VENV)/.installed-test ## install the project with the test extras
+# tests/test_report_html.py opens leaderboard.html in Debian's chromium through playwright (which then downloads
+# no browser): installed here where it is missing and apt-get is at hand (CI: a fresh Debian, root, registries).
+install-test: $(VENV)/.installed-test ## install the project with the test extras (and chromium)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; \
+	fi
 
 # FETCH_ARGS=--pypi-only skips GroupLens (CI, where only the package registries are reachable).
 FETCH_ARGS ?=

@@ -1,13 +1,17 @@
 """Train and test one recommender configuration: ``python train.py model=mf loss=mse data=ml-100k``.
 
 Thin on purpose: everything happens in :func:`recarena.run.train`. Returns the monitored validation metric so
-Hydra's Optuna sweeper can optimise it.
+Hydra's Optuna sweeper can optimise it (``-m hparams_search=mf_optuna``); a trial whose metric is missing (None) or
+NaN (a diverged run) is recorded by the sweeper as a failed trial and the search goes on.
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from recarena.cli_errors import exit_on_user_error
+from recarena.hparams import register_resolvers
+
+register_resolvers()  # ${recarena.optuna_direction:...} of conf/hparams_search/, resolved before any job runs
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+if TYPE_CHECKING:
+    from recarena.models.base import RecommenderModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 #: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.
@@ -74,3 +78,46 @@ def ml100k_cache() -> Path:
             "(or `python -m recarena.data.sources fetch ml-100k`), then rerun the tests."
         )
     return root
+
+
+#: The runs of :func:`trained`: one per family, on the tiny data.
+FAMILIES = {
+    "popularity": ["model=popularity"],
+    "mf": ["model=mf"],
+    "mlp": ["model=mlp"],
+    "twotower": ["model=twotower", "loss=logq"],  # a loss whose setup() reads training statistics
+    "siamese": ["model=siamese", "trainer.max_epochs=1"],
+}
+#: More runs :func:`trained` knows, for tests that need a variant of a family (not parametrised over).
+VARIANTS = {
+    "siamese-no-ids": ["model=siamese", "trainer.max_epochs=1", "model.item_ids=false"],
+    "siamese-text": ["model=siamese", "trainer.max_epochs=1", "model.encoding=text"],
+}
+Trained = Callable[[str], tuple[Path, "RecommenderModule"]]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> Trained:
+    """``trained(family)`` -> (run dir, the model train() built, in memory), each family (or variant) trained once
+    per test session.
+
+    After train() the in-memory model holds the best checkpoint's weights (the test loop loaded them), so it is
+    what a loaded run must reproduce.
+    """
+    import recarena.run as run_module  # Lightning: only for the tests that train
+
+    runs: dict[str, tuple[Path, RecommenderModule]] = {}
+
+    def get(family: str) -> tuple[Path, RecommenderModule]:
+        if family not in runs:
+            out = tmp_path_factory.mktemp(family) / "run"
+            built: list[RecommenderModule] = []
+            real = run_module.build_model
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("RECARENA_DATA", str(data_cache))
+                mp.setattr(run_module, "build_model", lambda cfg, dm: built.append(real(cfg, dm)) or built[-1])
+                run_module.train(compose_config([*TINY_DATA, *FAST, *{**FAMILIES, **VARIANTS}[family]], out))
+            runs[family] = (out, built[0].eval())
+        return runs[family]
+
+    return get

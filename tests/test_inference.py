@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,42 +20,8 @@ from recarena import load_run
 from recarena.cli import main
 from recarena.data.corpus import Corpus
 from recarena.inference import Run, resolve_movie
-from recarena.models.base import RecommenderModule
 from recarena.rundir import RUN_FORMAT_VERSION, RunError
-from tests.conftest import FAST, TINY_DATA, compose_config
-
-FAMILIES = {
-    "popularity": ["model=popularity"],
-    "mf": ["model=mf"],
-    "mlp": ["model=mlp"],
-    "twotower": ["model=twotower", "loss=logq"],  # a loss whose setup() reads training statistics
-    "siamese": ["model=siamese", "trainer.max_epochs=1"],
-}
-Trained = Callable[[str], tuple[Path, RecommenderModule]]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> Trained:
-    """``trained(family)`` -> (run dir, the model train() built, in memory), each family trained once per module.
-
-    After train() the in-memory model holds the best checkpoint's weights (the test loop loaded them), so it is
-    what a loaded run must reproduce.
-    """
-    runs: dict[str, tuple[Path, RecommenderModule]] = {}
-
-    def get(family: str) -> tuple[Path, RecommenderModule]:
-        if family not in runs:
-            out = tmp_path_factory.mktemp(family) / "run"
-            built: list[RecommenderModule] = []
-            real = run_module.build_model
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("RECARENA_DATA", str(data_cache))
-                mp.setattr(run_module, "build_model", lambda cfg, dm: built.append(real(cfg, dm)) or built[-1])
-                run_module.train(compose_config([*TINY_DATA, *FAST, *FAMILIES[family]], out))
-            runs[family] = (out, built[0].eval())
-        return runs[family]
-
-    return get
+from tests.conftest import FAMILIES, FAST, TINY_DATA, Trained, compose_config
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
@@ -208,7 +173,7 @@ def test_unknown_user_and_bad_k(trained: Trained) -> None:
             run.recommend(user=int(lo), k=k)
         with pytest.raises(RunError, match="k must be a positive integer"):
             run.similar(movie_id=int(run.corpus.item_ids[0]), k=k)
-    with pytest.raises(RunError, match="either user="):
+    with pytest.raises(RunError, match="give one of user="):
         run.recommend()
 
 

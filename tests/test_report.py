@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from recarena import report
 from recarena.report import (
+    SIGNIFICANCE_HEADERS,
     LeaderboardCallback,
     config_key,
     find_metrics,
@@ -34,6 +36,27 @@ LR = {"a": "0.01", "b": "0.001"}
 def _write(run_dir: Path, payload: dict) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(payload))
+
+
+def _write_per_user(run_dir: Path, values: dict[str, list[float]], user_ids: list[int] | None = None) -> None:
+    """A run's per_user_metrics.parquet as recarena.evaluation.per_user writes it: ``values`` maps a metric
+    column (``ndcg@10``, ``rmse``) to one value per user; users are ``user_ids`` (default 1..n)."""
+    n = len(next(iter(values.values())))
+    ids = list(range(1, n + 1)) if user_ids is None else user_ids
+    frame = pd.DataFrame({"user": np.arange(n), "user_id": ids, "n_relevant": 1, **values})
+    frame.to_parquet(run_dir / "per_user_metrics.parquet", index=False)
+
+
+def _write_csv_log(run_dir: Path, losses: list[float], val: list[float], monitor: str = "val/ndcg@10") -> None:
+    """A CSV logger file laid out as Lightning's CSVLogger leaves it in a run (csv/metrics.csv): per epoch a
+    validation row and a training row, then the best checkpoint's validation and the test after fitting."""
+    rows = []
+    for epoch, (loss, v) in enumerate(zip(losses, val, strict=True)):
+        rows += [{"epoch": epoch, "step": epoch, monitor: v}, {"epoch": epoch, "step": epoch, "train/loss": loss}]
+    end = len(losses)
+    rows += [{"epoch": end, "step": end, monitor: max(val)}, {"epoch": end, "step": end, "test/ndcg@10": max(val)}]
+    (run_dir / "csv").mkdir()
+    pd.DataFrame(rows).to_csv(run_dir / "csv" / "metrics.csv", index=False)
 
 
 def _payload(model: str, seed: int, overrides: list[str], test: dict, val: dict, with_key: bool) -> dict:
@@ -105,7 +128,9 @@ def test_leaderboard_aggregates_and_sorts(sweep: Path) -> None:
 
 
 def test_write_leaderboard_csv_and_md(sweep: Path) -> None:
-    csv, md = write_leaderboard(sweep)
+    csv, md, html, *plots = write_leaderboard(sweep)
+    assert html.name == "leaderboard.html" and {p.name for p in plots} == {"leaderboard_metrics.png",
+                                                                            "leaderboard_ndcg_at_k.png"}
     per_run = pd.read_csv(csv)
     assert len(per_run) == 7 and list(per_run.columns[:6]) == ["model", "loss", "data", "split", "seed", "config_key"]
     assert {"test/rmse", "test/mae", "test/ndcg@10", "test/users_ranked", "wall_seconds"} <= set(per_run.columns)
@@ -116,7 +141,9 @@ def test_write_leaderboard_csv_and_md(sweep: Path) -> None:
     assert "mean ± std" in text and "`test/ndcg@10` (higher is better)" in text
     header, _, *rows = _md_rows(text)
     assert header[:6] == ["configuration", "model", "loss", "data", "split", "n_seeds"]
-    assert header[6:] == ["test/rmse", "test/mae", "test/ndcg@10", "test/recall@10", "test/ndcg@20", "wall_seconds"]
+    # The paired test (vs the best row on val/ndcg@10: b) right after the primary metric's column.
+    assert header[6:] == ["test/rmse", "test/mae", "test/ndcg@10", *SIGNIFICANCE_HEADERS, "test/recall@10",
+                          "test/ndcg@20", "wall_seconds"]
     assert len(rows) == 3  # one per configuration
     col = {h: i for i, h in enumerate(header)}
     b, pop, a = rows
@@ -127,7 +154,11 @@ def test_write_leaderboard_csv_and_md(sweep: Path) -> None:
     assert pop[col["test/rmse"]] == "" and pop[col["test/mae"]] == ""  # not reported: empty cell
     assert pop[col["test/ndcg@10"]] == "0.065" and pop[col["test/recall@10"]] == "0.110"  # one seed: mean only
     assert pop[col["test/ndcg@20"]] == "0.090"  # not bold: b has 0.120
-    assert not any("**" in c for c in [*a[6:], *b[-1:]])  # wall time never bold
+    assert not any("**" in c for c in [*a[6:], b[col["wall_seconds"]]])  # wall time never bold
+    # No run saved per-user metrics: the reference is named, every other row has empty test cells.
+    tests = slice(col["Δ vs ref"], col["significant"] + 1)
+    assert b[tests] == ["ref", "", ""] and a[tests] == pop[tests] == ["", "", ""]
+    assert per_run["p_value"].isna().all() and per_run["significant"].isna().all()
     assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
 

@@ -225,6 +225,10 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, data_cache: Path) -> None:
     # Both processes' users add up to the single-process count: no user padded in or counted twice.
     stats = result["dataset"]["test"]
     assert result["test"]["test/users_ranked"] + result["test"]["test/users_skipped"] == stats["users"]
+    # The per-user file gathers both processes' users, each once (recarena.evaluation.per_user).
+    per_user = pd.read_parquet(run_dir / "per_user_metrics.parquet")
+    assert per_user["user"].is_unique and len(per_user) == stats["users"]
+    assert per_user["ndcg@10"].mean() == pytest.approx(result["test"]["test/ndcg@10"], rel=1e-5)
 
 
 @pytest.mark.slow

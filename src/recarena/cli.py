@@ -2,7 +2,9 @@
 
 Each subcommand is the ``main(argv)`` of the module that owns it, so the logic lives in one place:
 ``recarena fetch ml-100k`` (recarena.data.sources), ``recarena leaderboard PATH...`` (recarena.report),
-``recarena recommend RUN_DIR --user 196`` and ``recarena similar RUN_DIR TITLE`` (recarena.commands.use).
+``recarena recommend RUN_DIR --user 196``, ``recarena similar RUN_DIR TITLE`` and ``recarena search RUN_DIR WORDS``
+(recarena.commands.use),
+``recarena evaluate|explain|export RUN_DIR`` (recarena.commands.inspect).
 Training itself is ``python train.py ...`` (Hydra owns that command line).
 """
 
@@ -18,6 +20,10 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "leaderboard": ("recarena.report", [], "rebuild leaderboard.md/.csv from run or sweep dirs"),
     "recommend": ("recarena.commands.use", ["recommend"], "top-K unseen movies for a user of a trained run"),
     "similar": ("recarena.commands.use", ["similar"], "movies nearest to one by a trained run's item embeddings"),
+    "search": ("recarena.commands.use", ["search"], "movies nearest to keywords (siamese descriptors)"),
+    "evaluate": ("recarena.commands.inspect", ["evaluate"], "re-score a trained run with other ks / threshold"),
+    "explain": ("recarena.commands.inspect", ["explain"], "item biases and a PCA plot of a trained run's items"),
+    "export": ("recarena.commands.inspect", ["export"], "a trained run's user and item embeddings to parquet"),
 }
 
 

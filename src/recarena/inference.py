@@ -1,5 +1,6 @@
-"""Use a trained run: ``run = load_run(RUN_DIR)``, then ``run.recommend(user=196)``, ``run.recommend(users=None)``
-and ``run.similar("Silence of the Lambs, The (1991)")``, each a pandas DataFrame.
+"""Use a trained run: ``run = load_run(RUN_DIR)``, then ``run.recommend(user=196)``, ``run.recommend(users=None)``,
+a made-up user ``run.recommend(liked=["Toy Story (1995)"], likes_genre=["Animation"])``,
+``run.similar("Silence of the Lambs, The (1991)")`` and ``run.search(["war", "drama"])``, each a pandas DataFrame.
 
 Loading needs only the run dir (:mod:`recarena.rundir`): the resolved config, the checkpoint, and the curated
 corpus and split saved beside them. The model is rebuilt the way training built it: the same datamodule code
@@ -12,7 +13,7 @@ exclusion mask and top-K (:mod:`recarena.evaluation.ranking`), users scored in c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(run_dir, cfg, meta, dm, model)
 
 
-def resolve_movie(corpus: Corpus, title: str | None = None, movie_id: int | None = None, where: str = "") -> int:
+def resolve_movie(
+    corpus: Corpus, title: str | None = None, movie_id: int | None = None, where: str = "",
+    by_id: str = "--movie-id ID, or movie_id=ID",
+) -> int:  # fmt: skip
     """Item index of a movie given as ``"Title (Year)"`` (case-insensitive; a title without the year when it is
     unique) or as a MovieLens movie id. No match: an error with up to three close titles; several: an error
-    listing them with their ids."""
+    listing them with their ids (and ``by_id``, how to give a movie by its id)."""
     where = f" in {where}" if where else ""
     if (title is None) == (movie_id is None):
         raise RunError("give a movie as a title or as a movie id (one of the two)")
@@ -86,7 +90,7 @@ def resolve_movie(corpus: Corpus, title: str | None = None, movie_id: int | None
         return int(hits[0])
     if len(hits) > 1:
         listing = "; ".join(f"{display.iloc[i]} (id {ids[i]})" for i in hits[:10])
-        raise RunError(f"{title!r} matches {len(hits)} movies{where}: {listing}; pick one by its id (--movie-id ID, or movie_id=ID)")
+        raise RunError(f"{title!r} matches {len(hits)} movies{where}: {listing}; pick one by its id ({by_id})")
     unique = dict(zip(folded, display, strict=True))
     close = [unique[m] for m in difflib.get_close_matches(wanted, list(unique), n=3, cutoff=0.6)]
     quoted = ", ".join(f'"{t}"' for t in close)  # quoted: titles such as "Lambs, The (1991)" hold commas
@@ -99,6 +103,28 @@ def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise RunError(f"k must be a positive integer (how many movies to list), got {k!r}")
     return int(k)
+
+
+def _as_list(values: Any) -> list[Any]:
+    """A list of the values of a list-like argument; a lone string is one value (``liked="Toy Story (1995)"``)."""
+    if values is None:
+        return []
+    return [values] if isinstance(values, (str, int, np.integer)) else list(values)
+
+
+def scores_made_up_users(family: type[RecommenderModule]) -> bool:
+    """Whether a family builds a user from ratings alone (``needs_user_ids`` False): it can score a made-up one."""
+    return not family.needs_user_ids and callable(getattr(family, "score_rated", None))
+
+
+def searches_keywords(family: type[RecommenderModule]) -> bool:
+    """Whether a family encodes descriptor bags as items (``run.search``)."""
+    return callable(getattr(family, "embed_descriptors", None))
+
+
+def families_that(can: Callable[[type[RecommenderModule]], bool]) -> str:
+    """Names of the ``model=`` choices whose class passes ``can``, for an error message."""
+    return ", ".join(name for name, target in group_targets("model").items() if can(get_class(target)))
 
 
 class Run:
@@ -174,17 +200,50 @@ class Run:
             scores[start : start + chunk] = values.gather(1, top.clamp(min=0)).float().cpu().numpy()
         return items, scores
 
-    def recommend(self, user: int | None = None, k: int = 10, *, users: Any = _ALL_USERS) -> pd.DataFrame:
+    def recommend(
+        self, user: int | None = None, k: int = 10, *, users: Any = _ALL_USERS, liked: Sequence[str] = (),
+        liked_ids: Sequence[int] = (), likes_genre: Sequence[str] = (), dislikes_genre: Sequence[str] = (),
+    ) -> pd.DataFrame:  # fmt: skip
         """Top-``k`` movies the user has not rated (in the training, validation or test part), best first.
 
         ``recommend(user=196)``: one MovieLens user id -> movie_id, title, year, genres, score, rank.
         ``recommend(users=[...])`` or ``users=None`` (every user with training ratings) -> one row per (user,
         rank): user_id, rank, movie_id, score. ``score`` is the family's ranking score (higher first; e.g. MF's
         pre-sigmoid output, a cosine for siamese), the one its metrics were computed on.
+
+        A made-up user (seed 002), for families that build users from their ratings (``needs_user_ids`` False:
+        twotower, siamese): ``recommend(liked=["Toy Story (1995)", ...], liked_ids=[1, ...], likes_genre=
+        ["Animation"], dislikes_genre=["Horror"])`` -> the same columns as ``user=``, the liked movies left out.
+        Titles resolve as in :func:`resolve_movie`, genres case-insensitively. The user is formed as:
+
+        * ratings: each liked movie (titles first, then ids, in the order given; duplicates once) rated at the top
+          of the run's rating scale (``rating_high``), in that order as if oldest first;
+        * twotower (:meth:`~recarena.models.twotower.TwoTower.rated_user_embeddings`): those ratings are the
+          user's input ratings: mean m = (n r_high + α μ) / (n + α) (shrunk to the training mean μ, so with few
+          movies a liked one stands above the mean), ratings context x_ctx = r_high - m on the liked movies among
+          the N context movies, history = the last L liked movies; the per-genre part is the liked movies' genre
+          means minus m, except that a liked genre's mean is ``rating_high`` and a disliked genre's
+          ``rating_low`` (x_genre = rating_high - m, resp. rating_low - m); a genre neither stated nor rated is
+          0, as for a training user who never rated it. The user vector then goes through the trained tower.
+        * siamese (:meth:`~recarena.models.siamese.Siamese.rated_user_embeddings`): the weighted mean, by the
+          run's ``user_weighting`` of those ratings, of the liked movies' embeddings and, for each liked genre,
+          the embedding of that genre's descriptor alone (what ``search([genre])`` queries with), one more
+          top-rated "item". All ratings being equal, every weighting gives them equal weights. The vector has
+          no way to say "dislike" (the weightings keep likes only), so movies of a disliked genre are left out
+          of the results instead.
+
+        Other families (ids learnt per training user: mf, mlp, popularity) raise :class:`RunError` naming the
+        families that can.
         """
         k = check_k(k)
-        if (user is None) == (users is _ALL_USERS):
-            raise RunError("give either user=ID (one user) or users=[IDS] / users=None (every user)")
+        made_up = any(len(_as_list(v)) for v in (liked, liked_ids, likes_genre, dislikes_genre))
+        if (user is not None) + (users is not _ALL_USERS) + made_up != 1:
+            raise RunError(
+                "give one of user=ID (one user), users=[IDS] / users=None (every user), or a made-up user "
+                "(liked=[TITLES], liked_ids=[IDS], likes_genre=[GENRES], dislikes_genre=[GENRES])"
+            )
+        if made_up:
+            return self._made_up(liked, liked_ids, likes_genre, dislikes_genre, k)
         if user is not None:
             items, scores = self.top_k(self.user_indices([user]), k)
             keep = items[0] >= 0
@@ -212,16 +271,127 @@ class Run:
         with torch.no_grad():
             vectors = self.model.item_similarity_vectors()
         if vectors is None:
-            able = [name for name, target in group_targets("model").items() if get_class(target).compares_items()]
+            able = families_that(lambda cls: cls.compares_items())
             raise RunError(
-                f"model={self.family} has no item embeddings to compare movies with; similar() works with runs of "
-                f"{', '.join(able)}"
+                f"model={self.family} has no item embeddings to compare movies with; similar() works with runs of {able}"
             )
         query = resolve_movie(self.corpus, title, movie_id, where=str(self.path))
         unit = F.normalize(vectors.detach().float().cpu(), dim=-1)  # (n_items, D)
         cosine = unit @ unit[query]  # (n_items,)
         exclude = torch.from_numpy(self.datamodule.item_popularity < min_ratings)
         exclude[query] = True
-        top = topk_items(cosine[None], exclude[None], k)[0].numpy()
+        return self._ranked(cosine, exclude, k)
+
+    def _ranked(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> pd.DataFrame:
+        """The ``k`` best items of ``scores`` (n_items,) that ``exclude`` (n_items,) bool leaves: the item columns,
+        score and rank (fewer rows when fewer items are left)."""
+        scores = scores.detach().float().cpu()
+        top = topk_items(scores[None], exclude.cpu()[None], k)[0].numpy()
         top = top[top >= 0]
-        return self.items(top).assign(score=cosine[top].numpy(), rank=np.arange(1, len(top) + 1))
+        return self.items(top).assign(score=scores[top].numpy(), rank=np.arange(1, len(top) + 1))
+
+    # ------------------------------------------------------------------ made-up users
+    def _made_up(
+        self, liked: Sequence[str], liked_ids: Sequence[int], likes_genre: Sequence[str],
+        dislikes_genre: Sequence[str], k: int,
+    ) -> pd.DataFrame:  # fmt: skip
+        """``recommend(liked=..., liked_ids=..., likes_genre=..., dislikes_genre=...)``: see :meth:`recommend`."""
+        if not scores_made_up_users(type(self.model)):
+            able = families_that(scores_made_up_users)
+            raise RunError(f"model={self.family} scores only users seen in training; made-up users work with: {able}")
+        where = str(self.path)
+        by_id = "--liked-id ID, or liked_ids=[ID]"
+        found = [resolve_movie(self.corpus, title=t, where=where, by_id=by_id) for t in _as_list(liked)]
+        found += [resolve_movie(self.corpus, movie_id=i, where=where) for i in _as_list(liked_ids)]
+        items = np.asarray(list(dict.fromkeys(found)), dtype=np.int64)  # in the order given, each movie once
+        preference = np.zeros(len(self.corpus.genre_names), dtype=np.int8)  # +1 liked, -1 disliked genre
+        likes = self._genre_columns(_as_list(likes_genre))
+        dislikes = self._genre_columns(_as_list(dislikes_genre))
+        both = sorted(set(likes) & set(dislikes))
+        if both:
+            raise RunError(f"genre {self.corpus.genre_names[both[0]]} is both liked and disliked; keep one of the two")
+        preference[likes], preference[dislikes] = 1, -1
+        if not len(items) and not len(likes):
+            raise RunError("a made-up user needs at least one liked movie (liked=, liked_ids=) or genre (likes_genre=)")
+        ratings = np.full(len(items), self.model.schema.rating_high, dtype=np.float32)
+        with torch.no_grad():
+            scores = self.model.score_rated(np.asarray([0, len(items)]), items, ratings, preference[None])[0]
+        exclude = ~torch.isfinite(scores.cpu())  # a family's -inf: never recommended (siamese: disliked genres)
+        exclude[items] = True
+        return self._ranked(scores, exclude, k)
+
+    def _genre_columns(self, names: list[str]) -> list[int]:
+        """Genre columns of genre names (case-insensitive); an unknown one is an error listing the genres."""
+        genres = list(self.corpus.genre_names)
+        column = {g.casefold(): j for j, g in enumerate(genres)}
+        out = []
+        for name in names:
+            wanted = " ".join(str(name).split()).casefold()
+            if wanted not in column:
+                close = difflib.get_close_matches(wanted, list(column), n=1, cutoff=0.6)
+                hint = f"did you mean {genres[column[close[0]]]}? " if close else ""
+                raise RunError(f"unknown genre {name!r}; {hint}the genres of {self.path}: {', '.join(genres)}")
+            out.append(column[wanted])
+        return out
+
+    # ------------------------------------------------------------------ keyword search
+    def search(self, keywords: str | Sequence[str], k: int = 10) -> pd.DataFrame:
+        """The ``k`` movies nearest to a keyword query (seed 001): columns movie_id, title, year, genres, score
+        (the cosine), rank; the descriptors the query was read as are in ``frame.attrs["descriptors"]``.
+
+        ``keywords``: a list of words or one free-text string (split on whitespace). Words are matched to the
+        run's descriptor vocabulary (genres, decades such as "1990s", genome and user tags) case-insensitively,
+        the longest run of consecutive words first (so "twist ending" is one descriptor). A word that is none:
+        with ``encoding=text`` its sentence embedding picks the nearest descriptor; else an error with a "did
+        you mean". The query is the multi-hot (or mean text vector) of its descriptors, embedded by the item
+        encoder exactly as an item with those descriptors (no item id row), and every movie is ranked by cosine.
+        """
+        k = check_k(k)
+        if not searches_keywords(type(self.model)):
+            able = families_that(searches_keywords)
+            raise RunError(f"model={self.family} has no descriptor encoder to search with; search() works with runs of {able}")
+        words = [w for part in ([keywords] if isinstance(keywords, str) else keywords) for w in str(part).split()]
+        if not words:
+            raise RunError("give at least one keyword, e.g. search(['war', 'drama'])")
+        columns, read_as = self._descriptors(words)
+        model = self.model
+        with torch.no_grad():
+            index = torch.as_tensor(np.unique(columns), device=model.device)
+            query = model.embed_descriptors(index, torch.zeros(1, dtype=torch.long, device=model.device))[0]  # (D,)
+            cosine = F.normalize(model.item_similarity_vectors(), dim=-1) @ query  # (n_items,)
+        frame = self._ranked(cosine, torch.zeros(self.corpus.n_items, dtype=torch.bool), k)
+        frame.attrs["descriptors"] = read_as
+        return frame
+
+    def _descriptors(self, words: list[str]) -> tuple[list[int], list[str]]:
+        """Descriptor columns of query words (longest phrase first) and how each was read, in query order ("war",
+        or "warfare -> war" where the text encoder chose the descriptor)."""
+        vocabulary = self.model.vocabulary
+        column = {v.casefold(): j for j, v in enumerate(vocabulary)}
+        longest = max((len(v.split()) for v in vocabulary), default=1)
+        found: list[tuple[str, int]] = []  # (word or phrase, its column; -1 while unknown)
+        i = 0
+        while i < len(words):  # over the query's few words, never over items
+            j = next((j for j in range(min(len(words), i + longest), i, -1)
+                      if " ".join(words[i:j]).casefold() in column), i + 1)  # fmt: skip
+            at = column.get(" ".join(words[i:j]).casefold(), -1)
+            found.append((vocabulary[at] if at >= 0 else words[i], at))
+            i = j
+        unknown = [phrase for phrase, j in found if j < 0]
+        if unknown and self.model.mining.encoding == "text":
+            chosen = iter(self.model.nearest_descriptors(unknown).tolist())
+            for n, (word, j) in enumerate(found):
+                if j < 0:
+                    j = next(chosen)
+                    found[n] = (f"{word} -> {vocabulary[j]}", j)
+        elif unknown:
+            word = unknown[0]
+            close = difflib.get_close_matches(word.casefold(), list(column), n=3, cutoff=0.6)
+            quoted = ", ".join(f"'{vocabulary[column[c]]}'" for c in close)
+            counts = np.bincount(self.model.desc_index.cpu().numpy(), minlength=len(vocabulary))
+            common = ", ".join(f"'{vocabulary[j]}'" for j in np.argsort(-counts, kind="stable")[:5])
+            hint = f"did you mean: {quoted}?" if close else f"the most common are {common}"
+            raise RunError(
+                f"{word!r} is not a descriptor of {self.path} (its {len(vocabulary)} genres, decades and tags); {hint}"
+            )
+        return [j for _, j in found], [phrase for phrase, _ in found]

@@ -1,6 +1,8 @@
 """Leaderboards from the ``metrics.json`` that ``run.py`` leaves in each run dir: a sweep is only useful
 if its runs compare at a glance, so every multirun ends with ``leaderboard.csv`` (one row per run, full
-precision, for plotting) and ``leaderboard.md`` (one row per configuration, ``mean ± std`` over seeds).
+precision, for plotting), ``leaderboard.md`` (one row per configuration, ``mean ± std`` over seeds) and
+``leaderboard.html`` (the same table with plots, :mod:`recarena.report_html`). Each configuration is tested
+against the best one per user (:mod:`recarena.significance`) where the runs saved ``per_user_metrics.parquet``.
 Hydra imports this module at start, so it imports no torch: only pandas, rich and hydra's callback base.
 """
 
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from recarena import significance
 from recarena.atomic import atomic_file
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ def _row(path: Path, d: dict[str, Any]) -> dict[str, Any]:
     for part in ("test", "val"):
         for k, v in (d.get(part) or {}).items():
             row[k if k.startswith(f"{part}/") else f"{part}/{k}"] = v
-    row.update({k: d.get(k) for k in (*EXTRAS, "monitor", "monitor_mode")})
+    row.update({k: d.get(k) for k in (*EXTRAS, "monitor", "monitor_mode", "split_fingerprint")})
     row["run_dir"] = str(path.parent)
     return row
 
@@ -120,7 +123,11 @@ def _default_primary(runs: pd.DataFrame, metrics: list[str]) -> str:
 def leaderboard(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
     """One row per configuration: ``n_seeds`` (runs aggregated), ``<metric>_mean`` and
     ``<metric>_std`` (ddof=1, NaN for a single seed), sorted best first by ``primary``,
-    which is also kept in ``.attrs["primary"]``."""
+    which is also kept in ``.attrs["primary"]``.
+
+    Where the runs have a ``run_dir``, also :data:`significance.COLUMNS`: each row tested against
+    the best row on the primary metric's validation twin (``.attrs["reference"]``, its index), per user, from
+    the runs' ``per_user_metrics.parquet``; ``.attrs["significance_note"]`` says what was tested."""
     metrics = [c for c in runs.columns if c.startswith(("test/", "val/")) or c in TIMES]
     if runs.empty or not metrics:
         return pd.DataFrame(columns=[*KEYS, "n_seeds"])
@@ -134,6 +141,10 @@ def leaderboard(runs: pd.DataFrame, primary: str | None = None) -> pd.DataFrame:
     board = board.sort_values(f"{primary}_mean", ascending=lower_is_better(primary),
                               na_position="last", kind="stable").reset_index(drop=True)
     board.attrs["primary"] = primary
+    if "run_dir" in runs:
+        sig, note = significance.significance(board, runs, KEYS, primary, lower_is_better(primary))
+        board = pd.concat([board, sig], axis=1)
+        board.attrs.update(primary=primary, reference=sig.attrs["reference"], significance_note=note)
     return board
 
 
@@ -168,21 +179,51 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
             text = "" if pd.isna(mu) else fmt.format(mu) + ("" if pd.isna(sd) else " ± " + fmt.format(sd))
             cells[i].append(text)
             bold[i][j] = m not in TIMES and mean.notna().sum() > 1 and pd.notna(mu) and math.isclose(mu, best)
+    if board.attrs.get("reference") is not None:  # the paired test's cells right after the metric it tests
+        primary = board.attrs.get("primary")
+        at = headers.index(primary) + 1 if primary in headers else len(headers)
+        headers[at:at] = SIGNIFICANCE_HEADERS
+        for i, row, flags in zip(board.index, cells, bold, strict=True):
+            row[at:at] = _significance_cells(board.loc[i], i == board.attrs["reference"])
+            flags[at:at] = [False] * len(SIGNIFICANCE_HEADERS)
     return headers, cells, bold
+
+
+#: Table headers of the paired test's columns (:func:`leaderboard`, :mod:`recarena.significance`).
+SIGNIFICANCE_HEADERS = ["Δ vs ref", "p (Holm)", "significant"]
+
+
+def _significance_cells(row: pd.Series, reference: bool) -> list[str]:
+    """``ref`` on the reference row; empty cells where a row could not be paired."""
+    if reference:
+        return ["ref", "", ""]
+    if pd.isna(row["p_value"]):
+        return ["", "", ""]
+    p = row["p_value"]
+    p_text = f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+    return [f"{row['diff_vs_best']:+.4f}", p_text, "yes" if row["significant"] else "no"]
+
+
+def _intro(board: pd.DataFrame) -> list[str]:
+    """The paragraphs above the table (markdown inline code; the HTML page renders the backticks)."""
+    common = common_overrides(board["config_key"])
+    primary = board.attrs.get("primary", "?")
+    way = "lower" if lower_is_better(primary) else "higher"
+    return [
+        f"{int(board['n_seeds'].sum())} runs in {len(board)} configurations. Each cell is mean ± std "
+        "(ddof=1) over the seeds of a configuration; a single seed shows its value alone. "
+        f"Sorted by `{primary}` ({way} is better); best per metric in **bold**; empty = not reported.",
+        *([board.attrs["significance_note"]] if board.attrs.get("significance_note") else []),
+        *([f"Overrides shared by every configuration: `{' '.join(common)}`"] if common else []),
+    ]
 
 
 def leaderboard_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a markdown table with a header line saying what was aggregated."""
     headers, cells, bold = _display(board)
-    common = common_overrides(board["config_key"])
-    primary = board.attrs.get("primary", "?")
-    way = "lower" if lower_is_better(primary) else "higher"
     lines = [
         "# Leaderboard", "",
-        f"{int(board['n_seeds'].sum())} runs in {len(board)} configurations. Each cell is mean ± std "
-        "(ddof=1) over the seeds of a configuration; a single seed shows its value alone. "
-        f"Sorted by `{primary}` ({way} is better); best per metric in **bold**; empty = not reported.", "",
-        *([f"Overrides shared by every configuration: `{' '.join(common)}`", ""] if common else []),
+        *[line for paragraph in _intro(board) for line in (paragraph, "")],
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" if j < 5 else "---:" for j in range(len(headers))) + "|",
     ]
@@ -219,8 +260,9 @@ TERMINAL_METRICS = ("rmse", "mae", "ndcg", "recall", "hit_rate", "coverage")
 
 
 def _terminal_metric(header: str, board: pd.DataFrame) -> bool:
-    """Rating errors and the main ranking metrics at the smallest K, the primary metric, and wall time."""
-    if header in (board.attrs.get("primary"), "wall_seconds"):
+    """Rating errors and the main ranking metrics at the smallest K, the primary metric, wall time and the
+    paired test's p-value."""
+    if header in (board.attrs.get("primary"), "wall_seconds", "p (Holm)"):
         return True
     base, _, k = header.rpartition("/")[2].partition("@")
     ks = [int(c.split("@")[1].split("_")[0]) for c in board.columns if "@" in c and c.split("@")[1][0].isdigit()]
@@ -234,8 +276,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
-                      primary: str | None = None) -> tuple[Path, Path]:
-    """Write ``leaderboard.csv`` (per run, leaderboard order) and ``leaderboard.md`` (per config)."""
+                      primary: str | None = None, html: bool = True) -> list[Path]:
+    """Write ``leaderboard.csv`` (per run, leaderboard order, with its configuration's paired-test columns),
+    ``leaderboard.md`` (per config) and, with ``html``, ``leaderboard.html`` and its PNG plots; returns the
+    paths written, csv and md first."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs([sweep_dir]) if runs is None else runs
     if runs.empty:
@@ -244,11 +288,30 @@ def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
     rank = {tuple(r): i for i, r in enumerate(board[KEYS].itertuples(index=False))}
     order = runs[KEYS].apply(lambda r: rank.get(tuple(r), len(rank)), axis=1)
     per_run = runs.assign(_rank=order).sort_values(["_rank", "seed"], kind="stable").drop(columns="_rank")
+    if board.attrs.get("reference") is not None:  # each run carries its configuration's test, before run_dir
+        front = [c for c in per_run.columns if c != "run_dir"]
+        per_run = per_run.merge(board[[*KEYS, *significance.COLUMNS]], on=KEYS, how="left")
+        per_run = per_run[[*front, *significance.COLUMNS, "run_dir"]]
     csv, md = sweep_dir / "leaderboard.csv", sweep_dir / "leaderboard.md"
     _atomic_write(csv, per_run.drop(columns=["monitor", "monitor_mode"], errors="ignore")
                   .to_csv(index=False, lineterminator="\n"))
     _atomic_write(md, leaderboard_markdown(board))
-    return csv, md
+    if not html:
+        return [csv, md]
+    from recarena.report_html import write_html
+
+    headers, cells, bold = _display(board)
+    page = write_html(sweep_dir, board, runs, (headers, cells, bold), _intro(board), _plot_metrics(board))
+    return [csv, md, *page]
+
+
+def _plot_metrics(board: pd.DataFrame) -> list[str]:
+    """The metrics of the bar plot: the primary one, then RMSE and NDCG/recall at the smallest K if reported."""
+    primary = board.attrs.get("primary")
+    ks = sorted({int(c.split("@")[1].split("_")[0]) for c in board.columns if c.startswith("test/ndcg@")})
+    extra = ["test/rmse", *([f"test/ndcg@{ks[0]}", f"test/recall@{ks[0]}"] if ks else [])]
+    chosen = [m for m in [primary, *extra] if m and f"{m}_mean" in board and board[f"{m}_mean"].notna().any()]
+    return list(dict.fromkeys(chosen))[:3]
 
 
 class LeaderboardCallback(Callback):
@@ -257,7 +320,7 @@ class LeaderboardCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN"):
-            self._write(config, final=False)
+            self._write(config, final=False)  # md + csv only: the plots (seconds) are drawn once, at the end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._write(config, final=True)
@@ -269,10 +332,10 @@ class LeaderboardCallback(Callback):
             if runs.empty:
                 (log.warning if final else log.debug)("no metrics.json under %s: no leaderboard", sweep_dir)
                 return
-            csv, md = write_leaderboard(sweep_dir, runs)
+            written = write_leaderboard(sweep_dir, runs, html=final)
             if final:
                 Console().print(leaderboard_table(runs))
-                log.info("leaderboard: %s, %s", md, csv)
+                log.info("leaderboard: %s", ", ".join(map(str, written)))
         except Exception:  # a report bug must not turn a finished sweep into a failed one
             log.exception("could not write the leaderboard of %s", sweep_dir)
 
@@ -292,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("no usable metrics.json under %s", " ".join(map(str, args.paths)))
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    csv, md = write_leaderboard(out, runs, args.primary)
-    Console().print(leaderboard_table(leaderboard(runs, args.primary)), f"wrote {md}\nwrote {csv}", sep="\n")
+    written = write_leaderboard(out, runs, args.primary)
+    Console().print(leaderboard_table(leaderboard(runs, args.primary)), *(f"wrote {p}" for p in written), sep="\n")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""``recarena recommend RUN_DIR --user 196 -k 10`` and ``recarena similar RUN_DIR "Title (Year)" -k 10``.
+"""``recarena recommend RUN_DIR --user 196 -k 10`` (or a made-up user: ``--liked "Toy Story (1995)" --likes-genre
+Animation --dislikes-genre Horror``), ``recarena similar RUN_DIR "Title (Year)" -k 10`` and ``recarena search
+RUN_DIR war violence drama -k 10``.
 
 Argument parsing and printing only: loading and ranking are :mod:`recarena.inference`'s. Torch, Lightning and
-Rich are imported after the arguments are parsed, so ``--help`` answers at once. A user error (unknown user or
-title, no checkpoint, k <= 0) ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+Rich are imported after the arguments are parsed, so ``--help`` answers at once. A user error (unknown user, title or
+genre, --user with made-up options, no checkpoint, k <= 0) ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,15 +21,23 @@ FORMATS = ("table", "json", "csv")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recarena", description="use a trained run")
     sub = parser.add_subparsers(dest="command", required=True)
-    recommend = sub.add_parser("recommend", help="top-K movies a user of the training data has not rated")
+    recommend = sub.add_parser("recommend", help="top-K movies a user (of the training data, or made up) has not rated")
     recommend.add_argument("run_dir", type=Path, help="a run dir written by train.py")
-    recommend.add_argument("--user", type=int, required=True, help="user id as in the MovieLens files")
+    recommend.add_argument("--user", type=int, help="user id as in the MovieLens files")
+    made_up = recommend.add_argument_group("a made-up user (twotower, siamese), instead of --user")
+    made_up.add_argument("--liked", action="append", default=[], metavar="TITLE", help='a liked "Title (Year)"')
+    made_up.add_argument("--liked-id", action="append", default=[], type=int, metavar="ID", help="a liked movie id")
+    made_up.add_argument("--likes-genre", action="append", default=[], metavar="GENRE", help="a liked genre")
+    made_up.add_argument("--dislikes-genre", action="append", default=[], metavar="GENRE", help="a disliked genre")
     similar = sub.add_parser("similar", help="movies nearest to one by the family's item embeddings (cosine)")
     similar.add_argument("run_dir", type=Path, help="a run dir written by train.py")
     similar.add_argument("title", nargs="?", help='"Title (Year)", case-insensitive')
     similar.add_argument("--movie-id", type=int, help="the movie by its MovieLens id instead of its title")
     similar.add_argument("--min-ratings", type=int, default=0, help="only movies with at least N training ratings")
-    for command in (recommend, similar):
+    search = sub.add_parser("search", help="movies nearest to keywords (siamese: genres, decades, tags)")
+    search.add_argument("run_dir", type=Path, help="a run dir written by train.py")
+    search.add_argument("keywords", nargs="+", help="words, e.g. war violence drama")
+    for command in (recommend, similar, search):
         command.add_argument("-k", type=int, default=10, help="how many movies (default 10)")
         command.add_argument("--format", choices=FORMATS, default="table", help="table (default), json or csv")
         command.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -41,16 +51,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_user_error(debug=args.debug):
         from recarena.inference import load_run
 
+        if args.command == "recommend":
+            made_up = {"liked": args.liked, "liked_ids": args.liked_id, "likes_genre": args.likes_genre,
+                       "dislikes_genre": args.dislikes_genre}  # fmt: skip
+            title = _recommend_title(args)  # checks --user against the made-up options before loading
         run = load_run(args.run_dir)
         if args.command == "recommend":
-            frame = run.recommend(user=args.user, k=args.k)
-            title = f"top {args.k} for user {args.user}"
+            frame = run.recommend(user=args.user, k=args.k) if args.user is not None else run.recommend(k=args.k, **made_up)
+        elif args.command == "search":
+            frame = run.search(args.keywords, k=args.k)
+            title = f"search: {', '.join(frame.attrs.get('descriptors', args.keywords))}"
         else:
             frame = run.similar(args.title, k=args.k, min_ratings=args.min_ratings, movie_id=args.movie_id)
             query = args.title if args.title is not None else f"movie id {args.movie_id}"
             title = f"nearest to {query}" + (f" (>= {args.min_ratings} ratings)" if args.min_ratings else "")
         show(frame, args.format, f"{title} · model={run.family} · {run.path}")
     return 0
+
+
+def _recommend_title(args: argparse.Namespace) -> str:
+    """The table title of ``recommend``; --user and a made-up user's options together (or neither) are an error."""
+    from recarena.rundir import RunError
+
+    liked = [*args.liked, *(f"id {i}" for i in args.liked_id)]
+    parts = [("liked", liked), ("likes", args.likes_genre), ("dislikes", args.dislikes_genre)]
+    stated = [f"{verb} {', '.join(map(str, values))}" for verb, values in parts if values]
+    options = "--liked TITLE, --liked-id ID, --likes-genre GENRE, --dislikes-genre GENRE"
+    if args.user is not None and stated:
+        raise RunError(f"--user and a made-up user ({options}) exclude each other: give one of the two")
+    if args.user is None and not stated:
+        raise RunError(f"give --user ID, or a made-up user with {options}")
+    return f"top {args.k} for user {args.user}" if args.user is not None else f"top {args.k} for a user who {'; '.join(stated)}"
 
 
 def show(frame: Any, fmt: str, title: str) -> None:

@@ -103,25 +103,40 @@ def build_context_arrays(
     users = corpus.users[rows].astype(np.int64)
     order = np.lexsort((rows, corpus.timestamps[rows], users))  # by user, then time, then file row
     rows, users = rows[order], users[order]
-    items = corpus.items[rows].astype(np.int64)
-    ratings = corpus.ratings[rows].astype(np.float32)
-    ptr = _ptr(np.bincount(users, minlength=corpus.n_users))
     flat_of_row = np.full(corpus.n_ratings, -1, dtype=np.int64)
     flat_of_row[rows] = np.arange(len(rows))
-    genres = corpus.genres.astype(np.float32)
-    snap_ptr, snap = _block_snapshots(ptr, users, items, ratings, genres)
-
     popularity = np.bincount(corpus.items[train], minlength=corpus.n_items)
     top = np.argsort(-popularity, kind="stable")[: min(int(context_items), corpus.n_items)]
-    is_context = np.zeros(corpus.n_items, dtype=bool)
-    is_context[top] = True
+    return user_context_arrays(
+        _ptr(np.bincount(users, minlength=corpus.n_users)), corpus.items[rows].astype(np.int64),
+        corpus.ratings[rows].astype(np.float32), corpus.genres.astype(np.float32), top.astype(np.int64),
+        history_threshold, float(corpus.ratings[train].mean()) if len(train) else 0.0, flat_of_row,
+    )  # fmt: skip
+
+
+def user_context_arrays(
+    ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray, context_items: np.ndarray,
+    history_threshold: float, global_mean: float, flat_of_row: np.ndarray | None = None,
+) -> ContextArrays:
+    """The tables of users given directly as time-ordered ratings: user u's are ``items[ptr[u]:ptr[u+1]]`` (and
+    ``ratings``), oldest first. Training builds them from the split (:func:`build_context_arrays`); a made-up
+    user (``run.recommend(liked=...)``) from a list of (movie, rating), with the training run's context items
+    and global mean, so both go through the same lookups and tower.
+    """
+    ptr, items = np.asarray(ptr, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    ratings = np.asarray(ratings, dtype=np.float32)
+    users = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    snap_ptr, snap = _block_snapshots(ptr, users, items, ratings, genres)
+    is_context = np.zeros(len(genres), dtype=bool)
+    is_context[context_items] = True
     ctx_flat = np.flatnonzero(is_context[items])
     pos_flat = np.flatnonzero(ratings >= history_threshold)
     return ContextArrays(
-        ptr=ptr, items=items, ratings=ratings, flat_of_row=flat_of_row, snap_ptr=snap_ptr, snap=snap,
-        context_items=top.astype(np.int64), ctx_flat=ctx_flat, ctx_ptr=np.searchsorted(ctx_flat, ptr),
-        pos_flat=pos_flat, pos_ptr=np.searchsorted(pos_flat, ptr), genres=genres,
-        global_mean=float(corpus.ratings[train].mean()) if len(train) else 0.0,
+        ptr=ptr, items=items, ratings=ratings, snap_ptr=snap_ptr, snap=snap,
+        flat_of_row=np.full(0, -1, dtype=np.int64) if flat_of_row is None else flat_of_row,
+        context_items=np.asarray(context_items, dtype=np.int64), ctx_flat=ctx_flat,
+        ctx_ptr=np.searchsorted(ctx_flat, ptr), pos_flat=pos_flat, pos_ptr=np.searchsorted(pos_flat, ptr),
+        genres=genres, global_mean=float(global_mean),
     )  # fmt: skip
 
 

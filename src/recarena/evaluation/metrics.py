@@ -129,7 +129,7 @@ class RankingMetrics(Metric):
         self.n_items = int(n_items)
         self.head_share = float(head_share)
         self.relevance_threshold = None if relevance_threshold is None else float(relevance_threshold)
-        self.keep_per_user = bool(keep_per_user)
+        self.keep_per_user = False  # track_per_user() below turns it on
         self.k_max = max(ks)
 
         # Constants as plain CPU tensors (not buffers: a module-wide ``.half()``/``.to(dtype)`` must not
@@ -167,10 +167,19 @@ class RankingMetrics(Metric):
         )
         self.add_state("users_ranked", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("users_skipped", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        if keep_per_user:
+            self.track_per_user()
+
+    def track_per_user(self) -> None:
+        """Keep every ranked user's values for :meth:`per_user` from the next ``update`` on: what
+        ``keep_per_user=True`` does, for a metric someone else built (the per-user test file's callback,
+        :mod:`recarena.evaluation.per_user`, turns it on for the test loop). Idempotent."""
         if self.keep_per_user:
-            self.add_state("pu_user", default=[], dist_reduce_fx="cat")
-            self.add_state("pu_n_relevant", default=[], dist_reduce_fx="cat")
-            self.add_state("pu_values", default=[], dist_reduce_fx="cat")
+            return
+        self.keep_per_user = True
+        self.add_state("pu_user", default=[], dist_reduce_fx="cat")
+        self.add_state("pu_n_relevant", default=[], dist_reduce_fx="cat")
+        self.add_state("pu_values", default=[], dist_reduce_fx="cat")
 
     def _const(self, device: torch.device) -> dict[str, torch.Tensor]:
         if device not in self._const_cache:

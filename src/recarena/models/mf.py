@@ -108,6 +108,11 @@ class MatrixFactorization(RecommenderModule):
         """The item factors ``q_i`` (fastai's movie similarity, seed 003), without the bias columns."""
         return self.item_factors.weight
 
+    def item_biases(self) -> torch.Tensor:
+        """``(n_items,)`` item biases ``b_i`` (in logit units): how much a movie is liked whoever rates it
+        (``recarena explain``, seed 003). A family with an item bias offers it by this method."""
+        return self.item_bias.weight.squeeze(-1)
+
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.l2:
             return torch.zeros((), device=self.device)

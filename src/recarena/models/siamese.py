@@ -24,6 +24,9 @@ Users are not learnt: a user is the weighted mean of the embeddings of the items
                                           r_ui - mean_u(r) (centred)  or  r_ui / 5 (seed)
 
 (a user whose ratings are all equal gets uniform weights under ``centred``); an item's score is cos(u, f(i)).
+A made-up user (``run.recommend(liked=[...])``) is the same mean over a list of (movie, rating), liked genres
+counting as their descriptor's embedding (:meth:`Siamese.rated_user_embeddings`); a keyword query
+(``run.search([...])``) is a bag of descriptors encoded as an item without its id row (:meth:`Siamese.embed_descriptors`).
 Validation and test also log the held-out triplets' ROC-AUC of positive vs negative cosine similarity, for the
 model (``triplet_auc``) and for the encoder's raw inputs (``descriptor_auc``, its baseline: the multi-hots, or
 with ``encoding=text`` the mean text vectors).
@@ -56,7 +59,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
-from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors
+from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
 from recarena.data.triplets import MiningOptions, triplet_data
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
@@ -72,6 +75,16 @@ def _segments(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, t
     first = torch.cumsum(counts, 0) - counts  # (B,) where each row starts in the output
     positions = torch.arange(len(owner), device=rows.device) + (starts - first)[owner]
     return positions, owner, counts
+
+
+def _profile_vectors(
+    indptr: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, users: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """(B, D) unit vectors of CSR rows ``users``: sum_i w_ui items[i], normalised (a row without items stays 0)."""
+    positions, owner, _ = _segments(indptr, users)
+    weighted = weight[positions, None] * items[index[positions]]  # (E, D)
+    sums = torch.zeros(len(users), items.shape[1], device=items.device).index_add_(0, owner, weighted)
+    return F.normalize(sums, dim=-1)
 
 
 def triplet_auc(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -143,6 +156,8 @@ class Siamese(RecommenderModule):
         self.descriptor_auc: float | None = None
         self._item_cache: torch.Tensor | None = None
         self.first: nn.EmbeddingBag | nn.Linear | None = None  # the first layer, once the vocabulary is known
+        self.vocabulary: list[str] = []  # descriptor texts, by column (attach)
+        self.genre_columns: list[int] = []  # descriptor column of each schema genre, -1 when none (attach)
         if n_descriptors is not None:
             self._build_encoder(int(n_descriptors))
 
@@ -180,15 +195,30 @@ class Siamese(RecommenderModule):
             return torch.zeros(len(items), self.widths[-1], device=self.device)
         positions, _, counts = _segments(self.desc_indptr, items)
         offsets = torch.cumsum(counts, 0) - counts  # (N,) bag starts
-        index = self.desc_index[positions]
+        return self.embed_descriptors(self.desc_index[positions], offsets, items)
+
+    def embed_descriptors(
+        self, index: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The encoder on bags of descriptor columns (``index`` cut at ``offsets``, as ``nn.EmbeddingBag``): (N, D)
+        unit vectors. An item is its descriptors' bag plus its id row (``items``); a keyword query
+        (``run.search``) or a genre (a made-up user's liked genre) is a bag alone, encoded exactly as an item with
+        those descriptors and no id row."""
         if self.mining.encoding == "text":
             mean = F.embedding_bag(index, self.text_vectors, offsets, mode="mean")  # (N, 384); no descriptor: 0
             h = self.first(mean)  # (N, width) = W mean_d t_d + b
         else:
             h = self.first(index, offsets) + self.first_bias  # (N, width) = W x_i + b
-        if self.id_rows is not None:
+        if items is not None and self.id_rows is not None:
             h = h + self.id_rows(items)
         return F.normalize(self.head(h), dim=-1)
+
+    def nearest_descriptors(self, words: Sequence[str]) -> np.ndarray:
+        """(Q,) the descriptor column whose sentence embedding is nearest (cosine) to each word's, for words that
+        are not descriptors themselves (``encoding=text`` only: :func:`encode_queries`)."""
+        queries = torch.as_tensor(encode_queries(list(words)), device=self.text_vectors.device)  # (Q, 384) unit
+        vectors = self.text_vectors[: len(self.vocabulary)]  # (V, 384) unit
+        return (queries @ vectors.T).argmax(1).cpu().numpy()
 
     def _all_items(self) -> torch.Tensor:
         """Every item's embedding (n_items, D); cached during an evaluation epoch."""
@@ -198,10 +228,64 @@ class Siamese(RecommenderModule):
 
     def _users(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, D) unit user vectors: the weighted means of their items' rows of ``items`` (n_items, D)."""
-        positions, owner, _ = _segments(self.prof_indptr, users)
-        weighted = self.prof_weight[positions, None] * items[self.prof_index[positions]]  # (E, D)
-        sums = torch.zeros(len(users), items.shape[1], device=items.device).index_add_(0, owner, weighted)
-        return F.normalize(sums, dim=-1)  # a user without items stays the zero vector (scores 0)
+        return _profile_vectors(self.prof_indptr, self.prof_index, self.prof_weight, users, items)
+
+    def user_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        """Evaluation-time user vectors (B, D): the weighted means of their input ratings' item embeddings."""
+        return self._users(users, self._all_items())
+
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit item vectors (N, D), all items when None; users and items compare by their dot (= cosine)."""
+        return self._all_items() if items is None else self.embed_items(items)
+
+    def rated_user_embeddings(
+        self, ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(B, D) vectors of B users given by their ratings alone, by the same weighting as training users
+        (:meth:`user_profiles`): user b rated ``items[ptr[b]:ptr[b+1]]`` with ``ratings[...]``.
+
+        ``genres`` (B, G): a liked genre (+1) is one more rated "item", rated at the top of the scale, whose
+        embedding is the encoder's output for that genre's descriptor alone (:meth:`embed_descriptors`: what
+        ``run.search([genre])`` queries with); a genre no movie of the run has adds nothing. Disliked genres (-1)
+        are not part of the vector (the weightings keep likes only, or count a low rating as a weak like:
+        ``seed``); :meth:`score_rated` excludes their movies instead.
+        """
+        return self._rated_users(ptr, items, ratings, genres, self._all_items())
+
+    def _rated_users(
+        self, ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray | None, table: torch.Tensor
+    ) -> torch.Tensor:
+        n_users, n_items = len(ptr) - 1, self.schema.n_items
+        users = np.repeat(np.arange(n_users), np.diff(ptr))
+        items, ratings = np.asarray(items, dtype=np.int64), np.asarray(ratings, dtype=np.float64)
+        if genres is not None and (np.asarray(genres) > 0).any():
+            liked_user, liked_genre = np.nonzero(np.asarray(genres) > 0)
+            users = np.concatenate([users, liked_user])
+            items = np.concatenate([items, n_items + liked_genre])  # pseudo-item n_items + g: genre g
+            ratings = np.concatenate([ratings, np.full(len(liked_genre), self.schema.rating_high)])
+            table = torch.cat([table, self._genre_embeddings()])
+        indptr, index, weight = self.rating_profiles(users, items, ratings, n_users, len(table))
+        device = table.device
+        return _profile_vectors(indptr.to(device), index.to(device), weight.to(device),
+                                torch.arange(n_users, device=device), table)  # fmt: skip
+
+    def score_rated(
+        self, ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(B, n_items) cosines of users never seen in training (:meth:`rated_user_embeddings`) with every item;
+        movies of a genre the user dislikes (``genres`` -1) score -inf (never recommended)."""
+        table = self._all_items()  # (n_items, D)
+        scores = self._rated_users(ptr, items, ratings, genres, table) @ table.T  # (B, n_items)
+        if genres is not None and (np.asarray(genres) < 0).any():
+            disliked = torch.as_tensor(np.asarray(genres) < 0, dtype=torch.float32, device=scores.device)  # (B, G)
+            scores = scores.masked_fill(disliked @ self.item_genres.T > 0, float("-inf"))
+        return scores
+
+    def _genre_embeddings(self) -> torch.Tensor:
+        """(G, D): each genre's descriptor alone through the encoder; zero rows for genres without a descriptor."""
+        columns = torch.as_tensor(self.genre_columns, device=self.device)
+        vectors = self.embed_descriptors(columns.clamp(min=0), torch.arange(len(columns), device=self.device))
+        return vectors * (columns >= 0).unsqueeze(1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Cosine score of each (user, item) pair, (N,), (N,) -> (N,)."""
@@ -230,24 +314,36 @@ class Siamese(RecommenderModule):
             self.text_vectors[: len(vectors)] = torch.tensor(vectors)
         self._set_csr("desc", torch.from_numpy(x.indptr.astype(np.int64)), torch.from_numpy(x.indices.astype(np.int64)))
         self._set_csr("prof", *self.user_profiles(dm.corpus, np.concatenate([dm.split.train, dm.split.known])))
+        self.vocabulary = list(data.vocabulary)  # descriptor column -> text (run.search matches keywords to it)
+        column = {text: j for j, text in enumerate(self.vocabulary)}
+        self.genre_columns = [column.get(name.strip().lower(), -1) for name in self.schema.genre_names]
+        self.register_buffer("item_genres", torch.as_tensor(dm.corpus.genres, dtype=torch.float32, device=self.device),
+                             persistent=False)  # fmt: skip
         self.heldout = torch.from_numpy(data.heldout)
         self.descriptor_auc = self._descriptor_auc(x, data.heldout, vectors)
 
     def user_profiles(self, corpus: Corpus, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         """CSR (indptr (n_users+1,), items (R,), weights (R,)) of each user's rated items, weights summing to 1
         in absolute value per user (see the module docstring)."""
-        users, items, ratings = corpus.users[rows], corpus.items[rows], corpus.ratings[rows].astype(np.float64)
+        return self.rating_profiles(corpus.users[rows], corpus.items[rows], corpus.ratings[rows], corpus.n_users,
+                                    corpus.n_items)  # fmt: skip
+
+    def rating_profiles(
+        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`user_profiles` of ratings given as arrays (user, item, rating), e.g. of made-up users."""
+        ratings = np.asarray(ratings, dtype=np.float64)
         if self.user_weighting == "seed":
             weight = ratings / self.schema.rating_high
         else:
-            count = np.maximum(np.bincount(users, minlength=corpus.n_users), 1)
-            weight = ratings - (np.bincount(users, ratings, minlength=corpus.n_users) / count)[users]
+            count = np.maximum(np.bincount(users, minlength=n_users), 1)
+            weight = ratings - (np.bincount(users, ratings, minlength=n_users) / count)[users]
             if self.user_weighting == "liked":
                 weight = np.maximum(weight, 0.0)
-            flat = np.bincount(users, np.abs(weight), minlength=corpus.n_users) == 0  # all ratings equal
+            flat = np.bincount(users, np.abs(weight), minlength=n_users) == 0  # all ratings equal
             weight = np.where(flat[users], 1.0, weight)
-        weight /= np.maximum(np.bincount(users, np.abs(weight), minlength=corpus.n_users), 1e-12)[users]
-        profile = sp.csr_matrix((weight, (users, items)), shape=(corpus.n_users, corpus.n_items))
+        weight /= np.maximum(np.bincount(users, np.abs(weight), minlength=n_users), 1e-12)[users]
+        profile = sp.csr_matrix((weight, (users, items)), shape=(n_users, n_items))
         return (torch.from_numpy(profile.indptr.astype(np.int64)), torch.from_numpy(profile.indices.astype(np.int64)),
                 torch.from_numpy(profile.data.astype(np.float32)))  # fmt: skip
 

@@ -37,6 +37,7 @@ class ContextLookup(nn.Module):
             "ctx_flat": torch.zeros(0, dtype=torch.long), "pos_flat": torch.zeros(0, dtype=torch.long),
             "genres": torch.zeros(n_items + 1, n_genres),
             "ctx_of_item": torch.zeros(n_items + 1, dtype=torch.long),
+            "context_items": torch.zeros(0, dtype=torch.long),
         }  # fmt: skip
         for name, value in tables.items():
             self.register_buffer(name, value, persistent=False)
@@ -45,7 +46,8 @@ class ContextLookup(nn.Module):
         device = self.ptr.device
         n_items = len(arrays.genres)
         pad = {"items": n_items, "ratings": 0.0}  # the dummy entry at flat position E: rating 0, zero genre row
-        for name in ("ptr", "snap_ptr", "ctx_ptr", "pos_ptr", "flat_of_row", "snap", "ctx_flat", "pos_flat"):
+        for name in ("ptr", "snap_ptr", "ctx_ptr", "pos_ptr", "flat_of_row", "snap", "ctx_flat", "pos_flat",
+                     "context_items"):
             setattr(self, name, torch.as_tensor(getattr(arrays, name)).to(device))
         for name, value in pad.items():
             tail = np.asarray([value], dtype=getattr(arrays, name).dtype)

@@ -22,6 +22,10 @@ network memorises users quickly (seed 002 saw the same); dropout on the user inp
 and on the user vector is what keeps it general (ML-100K random split: test RMSE ~0.95 -> ~0.93). Ranking losses (``loss=logq``, ``inbatch``, ...) use
 ``score`` = u . v; ranking is ``score_all`` = U V^T.
 
+A user never seen in training (a made-up one: ``run.recommend(liked=[...], likes_genre=[...])``) is a list of
+(movie, rating) built into tables of its own and read by the same lookups and tower
+(:meth:`TwoTower.rated_user_embeddings`), so it is treated exactly as a training user with those ratings.
+
 Run: ``python train.py model=twotower`` (``split=users`` scores held-out users from their known ratings);
 ``python train.py -m experiment=twotower_quality`` for the ML-100K RMSE check; ``model=twotower loss=logq``.
 """
@@ -33,10 +37,17 @@ import time
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from recarena.checks import ConfigError
-from recarena.data.features import ITEM_SIDE_INPUTS, build_context_arrays, item_feature_width, item_features
+from recarena.data.features import (
+    ITEM_SIDE_INPUTS,
+    build_context_arrays,
+    item_feature_width,
+    item_features,
+    user_context_arrays,
+)
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
 from recarena.models.towers import ContextLookup, IdEmbedding, ItemTower, UserTower
@@ -149,13 +160,23 @@ class TwoTower(RecommenderModule):
                  time.perf_counter() - started)  # fmt: skip
 
     # ------------------------------------------------------------------ towers
-    def _users(self, users: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """User vectors (B, D) and shrunk mean ratings (B,) of queries (user, end of their context)."""
-        sums = self.lookup.sums(users, ends)
+    def _users(
+        self, users: torch.Tensor, ends: torch.Tensor, lookup: ContextLookup | None = None,
+        stated: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """User vectors (B, D) and shrunk mean ratings (B,) of queries (user, end of their context) on ``lookup``
+        (the training tables by default). ``stated`` (B, G): a per-genre mean rating to use instead of the one of
+        the rated movies (NaN: none stated), i.e. x_genre = stated - mean for those genres."""
+        lookup = self.lookup if lookup is None else lookup
+        sums = lookup.sums(users, ends)
+        if stated is not None:
+            given = ~torch.isnan(stated)
+            count, rating_sum, genre_sum, genre_count = sums
+            sums = (count, rating_sum, torch.where(given, stated, genre_sum), torch.where(given, 1.0, genre_count))
         count, rating_sum = sums[0], sums[1]
         alpha = self.mean_shrinkage
-        mean = (rating_sum + alpha * self.lookup.global_mean) / (count + alpha).clamp(min=1e-6)
-        return self.user_tower(self.lookup, users, ends, mean, sums), mean
+        mean = (rating_sum + alpha * lookup.global_mean) / (count + alpha).clamp(min=1e-6)
+        return self.user_tower(lookup, users, ends, mean, sums), mean
 
     def _train_users(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._users(batch["users"], self.lookup.train_ends(batch["rows"]))
@@ -169,6 +190,43 @@ class TwoTower(RecommenderModule):
     def user_embeddings(self, users: torch.Tensor) -> torch.Tensor:
         """Evaluation-time user vectors (B, D): the context of all their input ratings."""
         return self._users(users, self.lookup.eval_ends(users))[0]
+
+    def rated_user_embeddings(
+        self, ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(B, D) vectors of B users given by their ratings alone, as :meth:`user_embeddings` builds a training
+        user from all of their input ratings: user b rated ``items[ptr[b]:ptr[b+1]]`` with ``ratings[...]``,
+        oldest first. The lists become context tables of their own (:func:`user_context_arrays`, with this
+        run's N context movies and global mean) read by the same lookups and tower as training and evaluation:
+
+        * mean m = (Σ r + α μ) / (n + α), μ the training mean (with no rating, m = μ);
+        * x_ctx = r - m for the rated movies among the N context movies; x_genre = the mean rating of the rated
+          movies of each genre minus m, where ``genres`` (B, G) states nothing (0); a liked genre (+1) counts as
+          rated at the top of the scale (x_genre = rating_high - m), a disliked one (-1) at the bottom
+          (rating_low - m), whatever the rated movies of that genre say;
+        * history = the last L items rated >= ``history_threshold``.
+        """
+        device = self.lookup.ptr.device
+        genre_table = self.lookup.genres[:-1].cpu().numpy()  # (n_items, G) without the dummy row
+        arrays = user_context_arrays(ptr, items, ratings, genre_table, self.lookup.context_items.cpu().numpy(),
+                                     self.history_threshold, self.lookup.global_mean)  # fmt: skip
+        lookup = ContextLookup(len(ptr) - 1, self.schema.n_items, genre_table.shape[1]).to(device)
+        lookup.load(arrays)
+        stated = None
+        if genres is not None:
+            scale = torch.full(genre_table.shape[1:], float("nan"), device=device)
+            preference = torch.as_tensor(np.asarray(genres), device=device)
+            stated = torch.where(preference > 0, self.schema.rating_high, scale)
+            stated = torch.where(preference < 0, self.schema.rating_low, stated)
+        users = torch.arange(len(ptr) - 1, device=device)
+        return self._users(users, lookup.eval_ends(users), lookup, stated)[0]
+
+    def score_rated(
+        self, ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray, genres: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(B, n_items) ranking scores of users never seen in training (:meth:`rated_user_embeddings`), compared
+        with the items as :meth:`score_all` compares training users."""
+        return self.loss_fn.compare(self.rated_user_embeddings(ptr, items, ratings, genres), self.item_embeddings())
 
     def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """Item vectors (N, D), all items when None."""
@@ -192,6 +250,10 @@ class TwoTower(RecommenderModule):
         """(B, n_items) = U V^T (or cosine, as the loss compares them); the user's mean is a per-row constant,
         so it changes no ranking."""
         return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings())
+
+    def item_biases(self) -> torch.Tensor | None:
+        """``(n_items,)`` learned item biases (``item_bias``; ``recarena explain``), None without them."""
+        return None if self.item_tower.bias is None else self.item_tower.bias.weight.squeeze(-1)
 
     def item_similarity_vectors(self) -> torch.Tensor:
         """The item tower's output without its bias column (``item_bias``)."""

@@ -1,0 +1,343 @@
+"""Look into a trained run without retraining it: re-evaluate, explain, export (``recarena evaluate|explain|export``).
+
+Each function takes a :class:`recarena.inference.Run` (``load_run(RUN_DIR)``):
+
+- :func:`evaluate` scores the run's own validation or test part again with other cut-offs or another relevance
+  threshold, through the evaluator training used (:class:`RankingMetrics`, :class:`RatingMetrics` and the
+  family's own evaluation step), so with the run's settings it gives the numbers of ``metrics.json``.
+- :func:`bias_table` and :func:`item_pca` (:func:`explain` writes both): the movies liked most and least whoever
+  rates them (item biases, where the family has them), and a PCA of the item vectors as a PNG with the most-rated
+  titles labelled (seeds 003/004: fastai's reading of a collaborative-filtering model).
+- :func:`export` writes user and item embeddings with their MovieLens ids to parquet for an approximate
+  nearest-neighbour index, plus a manifest that says how to score them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import get_class
+
+from recarena.atomic import atomic_file
+from recarena.checks import group_targets
+from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
+from recarena.inference import Run
+from recarena.rundir import RunError
+
+#: ``evaluate(relevance_threshold=...)`` not given: the run's own ``eval.relevance_threshold``.
+RUN_SETTING: Any = object()
+PARTS = ("val", "test")
+EXPORT_FORMAT_VERSION = 1
+EMBEDDING = "embedding"  # the fixed-size list column of the exported parquet files
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+def check_cutoffs(ks: Sequence[Any]) -> list[int]:
+    """Distinct positive cut-offs, ascending; an empty list, a non-integer or ``k <= 0`` is a :class:`RunError`."""
+    ks = list(ks)
+    if not ks:
+        raise RunError("give at least one cut-off K (e.g. --ks 5 10 50)")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0]
+    if bad:
+        raise RunError(f"cut-offs K must be positive integers, got {bad[0]!r}")
+    return sorted({int(k) for k in ks})
+
+
+def evaluate(
+    run: Run, ks: Sequence[int] | None = None, relevance_threshold: float | None = RUN_SETTING, part: str = "test"
+) -> dict[str, float]:
+    """Metrics of the run's model on its own split, ``{"recall@10": ..., "ndcg@10": ..., "users_ranked": ...}``
+    (and ``rmse``/``mae`` for families that predict ratings), as ``metrics.json`` holds them without the part prefix.
+
+    Args:
+        ks: cut-offs; None = the run's ``eval.ks``.
+        relevance_threshold: held-out ratings ``>=`` this are relevant, None = every held-out item; not given =
+            the run's ``eval.relevance_threshold``.
+        part: ``"test"`` (training and validation items excluded from ranking) or ``"val"`` (training items
+            excluded): the datamodule's own evaluation data, as training scored it (``eval.max_users`` sample too).
+    """
+    settings = run.config.eval
+    ks = check_cutoffs(settings.ks if ks is None else ks)
+    if relevance_threshold is RUN_SETTING:
+        relevance_threshold = settings.relevance_threshold
+    if relevance_threshold is not None:
+        if isinstance(relevance_threshold, bool) or not isinstance(relevance_threshold, numbers.Real) \
+                or not math.isfinite(relevance_threshold):  # fmt: skip
+            raise RunError(f"the relevance threshold must be a number or None, got {relevance_threshold!r}")
+        relevance_threshold = float(relevance_threshold)
+    if part not in PARTS:
+        raise RunError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
+    data = run.datamodule.val_data if part == "val" else run.datamodule.test_data
+    model = run.model
+    ranking = RankingMetrics(
+        ks=ks,
+        n_items=model.schema.n_items,
+        item_popularity=run.datamodule.item_popularity,
+        head_share=float(settings.head_share),
+        relevance_threshold=relevance_threshold,
+    ).to(model.device)
+    rating = RatingMetrics().to(model.device)
+    with torch.no_grad():
+        for batch in data.batches(int(settings.user_chunk)):
+            # The step validation and test run in training: score_all -> ranking, predict_ratings -> rating.
+            model._eval_step({key: value.to(model.device) for key, value in batch.items()}, ranking, rating)
+    values = ranking.compute()
+    if model.predicts_ratings and rating.update_count:
+        values.update(rating.compute())
+    return {name: float(value) for name, value in values.items()}
+
+
+# ----------------------------------------------------------------------------------------------- explain
+def families_where(able: Callable[[type], bool]) -> list[str]:
+    """Names of the ``model=`` options whose class passes ``able``: what an error tells the user to use instead."""
+    return [name for name, target in group_targets("model").items() if able(get_class(target))]
+
+
+def has_item_biases(cls: type) -> bool:
+    """Whether a family offers item biases (an ``item_biases()`` method), for `explain` and its messages."""
+    return callable(getattr(cls, "item_biases", None))
+
+
+def item_biases(model: Any) -> torch.Tensor | None:
+    """``(n_items,)`` item biases of a family that offers them by an ``item_biases()`` method (mf, twotower), else None."""
+    biases = model.item_biases() if has_item_biases(type(model)) else None  # a family may have none configured
+    return None if biases is None else biases.detach().float().cpu()
+
+
+def _item_stats(run: Run) -> pd.DataFrame:
+    """movie_id, title, year, genres of every item, with ``n_ratings`` and ``mean_rating`` over the training part."""
+    c, train = run.corpus, run.split.train
+    counts = run.datamodule.item_popularity.astype(np.int64)
+    sums = np.bincount(c.items[train], weights=c.ratings[train], minlength=c.n_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts  # NaN for a movie without training ratings
+    return run.items(np.arange(c.n_items)).assign(n_ratings=counts, mean_rating=mean)
+
+
+def _frequent(run: Run, min_ratings: int, what: str, at_least: int = 1) -> np.ndarray:
+    """Item indices with ``>= min_ratings`` training ratings; fewer than ``at_least`` is a :class:`RunError`."""
+    if isinstance(min_ratings, bool) or not isinstance(min_ratings, (int, np.integer)) or min_ratings < 0:
+        raise RunError(f"min_ratings must be a non-negative integer, got {min_ratings!r}")
+    kept = np.flatnonzero(run.datamodule.item_popularity >= min_ratings)
+    if len(kept) < at_least:
+        raise RunError(
+            f"{len(kept)} movies of {run.path} have at least {min_ratings} training ratings, {what} needs "
+            f"{at_least}: lower min_ratings (--min-ratings)"
+        )
+    return kept
+
+
+def bias_table(run: Run, top: int = 10, min_ratings: int = 20) -> pd.DataFrame | None:
+    """The ``top`` movies with the highest and the lowest item bias among those with at least ``min_ratings``
+    training ratings (a bias fitted on a handful of ratings says little), or None when the family has no biases.
+
+    Columns: side (``top``: highest first; ``bottom``: lowest first), rank, movie_id, title, year, genres, bias,
+    n_ratings, mean_rating (training). A bias is what the model adds for the movie whoever the user is: a movie
+    with a high bias but a modest mean rating is liked more than its raters' tastes would predict.
+    """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
+        raise RunError(f"top must be a positive integer (movies per side), got {top!r}")
+    biases = item_biases(run.model)
+    if biases is None:
+        return None
+    kept = _frequent(run, min_ratings, "the bias table")
+    order = kept[np.argsort(-biases.numpy()[kept], kind="stable")]  # highest bias first
+    stats = _item_stats(run).assign(bias=biases.numpy())
+    sides = []
+    for side, index in (("top", order[:top]), ("bottom", order[::-1][:top])):
+        frame = stats.iloc[index].reset_index(drop=True)
+        sides.append(frame.assign(side=side, rank=np.arange(1, len(index) + 1)))
+    columns = ["side", "rank", "movie_id", "title", "year", "genres", "bias", "n_ratings", "mean_rating"]
+    return pd.concat(sides, ignore_index=True)[columns]
+
+
+def item_pca(run: Run, min_ratings: int = 20) -> tuple[pd.DataFrame, np.ndarray]:
+    """The first two principal components of the family's item vectors (``item_similarity_vectors``: MF's and
+    MLP's item factors, the two-tower's item tower without its bias, siamese's embeddings) over the movies with at
+    least ``min_ratings`` training ratings.
+
+    Returns a frame (movie_id, title, year, genres, n_ratings, mean_rating, pc1, pc2) and the share of variance
+    of each component. PCA by SVD of the centred ``(N, D)`` matrix (``O(N D^2)``); each component's sign is
+    fixed so that its largest loading is positive, so the picture does not flip between runs of the code.
+    """
+    with torch.no_grad():
+        vectors = run.model.item_similarity_vectors()
+    if vectors is None:
+        able = families_where(lambda cls: cls.compares_items())
+        raise RunError(f"model={run.family} has no item vectors to explain; explain works with runs of {', '.join(able)}")
+    kept = _frequent(run, min_ratings, "a PCA", at_least=3)
+    x = vectors.detach().double().cpu().numpy()[kept]
+    x -= x.mean(0)
+    _, singular, components = np.linalg.svd(x, full_matrices=False)  # components: (min(N, D), D)
+    top = components[:2]
+    top *= np.sign(top[np.arange(len(top)), np.abs(top).argmax(1)])[:, None]
+    coords = x @ top.T  # (N, 2)
+    variance = singular**2
+    share = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(2)
+    frame = _item_stats(run).iloc[kept].reset_index(drop=True)
+    return frame.assign(pc1=coords[:, 0], pc2=coords[:, 1] if coords.shape[1] > 1 else 0.0), share
+
+
+def plot_item_pca(frame: pd.DataFrame, share: np.ndarray, path: str | Path, labels: int = 30, title: str = "") -> Path:
+    """Scatter of :func:`item_pca`'s coordinates with the ``labels`` most-rated titles written beside their
+    points, saved as a PNG atomically. matplotlib's object API on the Agg canvas: no pyplot state, no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 9), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    size = 4 + 4 * np.log1p(frame["n_ratings"].to_numpy())  # area grows with the number of ratings
+    points = ax.scatter(frame["pc1"], frame["pc2"], s=size, c=frame["mean_rating"], cmap="viridis", alpha=0.6,
+                        linewidths=0)  # fmt: skip
+    fig.colorbar(points, ax=ax, label="mean training rating")
+    named = frame.nlargest(labels, "n_ratings", keep="first") if labels > 0 else frame.iloc[:0]
+    years = named["year"].astype("string").fillna("")
+    middle = float(frame["pc1"].median()) if len(frame) else 0.0
+    for (x, y), name, year in zip(named[["pc1", "pc2"]].to_numpy(), named["title"], years, strict=True):
+        right = x > middle  # text towards the middle, so labels of points near an edge stay inside the axes
+        ax.annotate(f"{name} ({year})" if year else name, (x, y), xytext=(-3 if right else 3, 3), fontsize=7,
+                    textcoords="offset points", ha="right" if right else "left")  # fmt: skip
+    ax.set_xlabel(f"PC1 ({share[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({share[1]:.0%} of variance)" if len(share) > 1 else "PC2")
+    ax.set_title(f"{title or 'item vectors'} · labelled: the {len(named)} most rated", loc="left")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    return path
+
+
+def explain(
+    run: Run, out: str | Path | None = None, top: int = 10, min_ratings: int = 20, labels: int = 30
+) -> dict[str, Any]:
+    """:func:`bias_table` and :func:`item_pca` of a run; the PCA plot goes to ``out/item_pca.png`` (default
+    ``RUN_DIR/explain``). Returns ``{"biases": frame or None, "pca": path, "pca_variance": [pc1, pc2],
+    "pca_movies": n}``. A family without item vectors (popularity) is a :class:`RunError`."""
+    biases = bias_table(run, top=top, min_ratings=min_ratings)
+    frame, share = item_pca(run, min_ratings=min_ratings)
+    title = f"model={run.family} · item vectors of {len(frame)} movies with >= {min_ratings} training ratings"
+    path = plot_item_pca(frame, share, Path(out or run.path / "explain") / "item_pca.png", labels, title)
+    return {"biases": biases, "pca": path, "pca_variance": share.tolist(), "pca_movies": len(frame)}
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _exports(cls: type) -> bool:
+    return callable(getattr(cls, "user_embeddings", None)) and callable(getattr(cls, "item_embeddings", None))
+
+
+def vector_similarity(loss: Any) -> str:
+    """``"dot"`` or ``"cosine"``: how the run's loss compares user and item vectors (``Loss.compare``, which
+    ``score_all`` ranks by). Found by asking ``compare`` about two vectors whose dot product (50) and cosine (1)
+    differ, so a loss needs no attribute to say it."""
+    users, items = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
+    got = loss.compare(users, items)
+    for name, expected in (("dot", [[50.0, -8.0]]), ("cosine", [[1.0, -0.8]])):
+        if torch.allclose(got, torch.tensor(expected), atol=1e-5):
+            return name
+    raise RunError(f"loss {type(loss).__name__} compares vectors by neither dot product nor cosine: cannot export")
+
+
+def _vector_table(ids: pd.DataFrame, vectors: np.ndarray) -> Any:
+    """A pyarrow table of ``ids``' columns plus ``embedding``, a ``fixed_size_list<float32>[D]`` column."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return pa.Table.from_pandas(ids, preserve_index=False).append_column(EMBEDDING, column)
+
+
+def _doc(method: Any) -> str:
+    return (method.__doc__ or "").strip().split("\n")[0]
+
+
+def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[str, Any]:
+    """Write ``users.parquet``, ``items.parquet`` and ``manifest.json`` into ``out`` (default ``RUN_DIR/export``).
+
+    - users.parquet: ``user_id`` (as in the MovieLens files), ``n_ratings`` (training), ``embedding``; one row per
+      user the model can score (users with training ratings; for families that build users from their ratings,
+      held-out users of ``split=users`` too). Streamed ``chunk`` users at a time, one parquet row group each.
+    - items.parquet: ``movie_id``, ``title``, ``year``, ``genres``, ``n_ratings`` (training), ``embedding``; every
+      movie of the catalogue (filter on ``n_ratings`` for movies the model learnt something about).
+    - manifest.json: family, dim, ``similarity`` (``dot``: inner product; ``cosine``: normalise both sides first),
+      row counts, what the vectors are, the run's split fingerprint.
+
+    ``embedding`` is a fixed-size list of float32 (``fixed_size_list<float32>[D]``): its values are one contiguous
+    buffer, so :func:`read_embeddings` gives the ``(N, D)`` float32 matrix faiss, hnswlib and annoy take without
+    a copy per column. The vectors are the family's ``user_embeddings`` / ``item_embeddings`` as ``score_all``
+    compares them: MF's carry its biases (``[p_u, b_u, 1] . [q_i, 1, b_i] = p_u . q_i + b_u + b_i``), so a
+    maximum-inner-product search returns the model's own ranking (the movies a user has rated are not excluded).
+    Every file is written atomically, the manifest last.
+    """
+    model = run.model
+    if not _exports(type(model)):
+        raise RunError(
+            f"model={run.family} has no user and item embeddings to export; export works with runs of "
+            f"{', '.join(families_where(_exports))}"
+        )
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
+        raise RunError(f"chunk must be a positive integer (users per row group), got {chunk!r}")
+    import pyarrow.parquet as pq
+
+    out = Path(out or run.path / "export")
+    c, split = run.corpus, run.split
+    similarity = vector_similarity(model.loss_fn)
+    rows = split.train if model.needs_user_ids else np.concatenate([split.train, split.known])
+    users = np.unique(c.users[rows])
+    user_counts = np.bincount(c.users[split.train], minlength=c.n_users)
+    with torch.no_grad():
+        items = model.item_embeddings().detach().float().cpu().numpy()  # (n_items, D)
+    item_stats = _item_stats(run)[["movie_id", "title", "year", "genres", "n_ratings"]]
+    with atomic_file(out / "items.parquet", "wb") as handle:
+        pq.write_table(_vector_table(item_stats, items), handle)
+    with atomic_file(out / "users.parquet", "wb") as handle:
+        writer = None
+        for start in range(0, max(len(users), 1), chunk):
+            part = users[start : start + chunk]
+            with torch.no_grad():
+                vectors = model.user_embeddings(torch.from_numpy(part).to(model.device)).float().cpu().numpy()
+            ids = pd.DataFrame({"user_id": c.user_ids[part].astype(np.int64), "n_ratings": user_counts[part]})
+            table = _vector_table(ids, vectors.reshape(len(part), items.shape[1]))
+            writer = writer or pq.ParquetWriter(handle, table.schema)
+            writer.write_table(table)
+        writer.close()
+    manifest = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "run_dir": str(run.path),
+        "family": run.family,
+        "loss": run.meta.get("loss"),
+        "dim": int(items.shape[1]),
+        "dtype": "float32",
+        "similarity": similarity,
+        "score": "users.embedding[u] . items.embedding[i]" if similarity == "dot" else
+                 "cosine(users.embedding[u], items.embedding[i]): L2-normalise both, then the inner product",
+        "index": "faiss IndexFlatIP (or IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT)), hnswlib space 'ip', annoy 'dot'"
+                 if similarity == "dot" else "faiss IndexFlatIP after faiss.normalize_L2 on both sides, hnswlib "
+                 "space 'cosine', annoy 'angular'",
+        "users": {"file": "users.parquet", "rows": int(len(users)), "id": "user_id", "vectors": _doc(model.user_embeddings)},
+        "items": {"file": "items.parquet", "rows": int(len(items)), "id": "movie_id", "vectors": _doc(model.item_embeddings)},
+        "embedding_column": EMBEDDING,
+        "split_fingerprint": split.fingerprint,
+    }  # fmt: skip
+    with atomic_file(out / "manifest.json") as handle:
+        handle.write(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """An exported parquet file as (its id columns, the ``(N, D)`` float32 embedding matrix), e.g.
+    ``faiss.IndexFlatIP(d).add(matrix)``; the matrix is the column's value buffer, reshaped (read-only)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column(EMBEDDING).combine_chunks()
+    matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    return table.drop_columns([EMBEDDING]).to_pandas(), matrix
