@@ -60,6 +60,19 @@ def test_loading_reads_the_run_dir_not_the_data_cache(trained: Trained, monkeypa
     assert len(load_run(run_dir).recommend(user=int(load_run(run_dir).corpus.user_ids[0]), k=3)) == 3
 
 
+def test_loading_a_siamese_run_mines_no_triplets(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring needs descriptors and profiles only; mining (~40 s at 25M ratings) is for training and the AUCs."""
+    run_dir, _ = trained("siamese")
+
+    def no_mining(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_run mined triplets")
+
+    monkeypatch.setattr("recarena.data.triplets.mine_triplets", no_mining)
+    run = load_run(run_dir)
+    assert len(run.recommend(user=int(run.corpus.user_ids[0]), k=3)) == 3
+    assert len(run.similar(movie_id=int(run.corpus.item_ids[0]), k=3)) == 3
+
+
 # ------------------------------------------------------------------------------------- loading reproduces
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_recommend_reproduces_the_trained_model(trained: Trained, family: str) -> None:

@@ -195,3 +195,11 @@ def test_rich_table_and_cli(sweep: Path, tmp_path_factory: pytest.TempPathFactor
     assert report.main([str(sweep / "0"), str(sweep / "6"), "--out", str(out)]) == 0
     assert len(pd.read_csv(out / "leaderboard.csv")) == 2
     assert report.main([str(out)]) == 1  # nothing to aggregate there
+
+
+def test_float_overrides_are_shortened_in_the_table_only() -> None:
+    from recarena.report import _short_override
+
+    assert _short_override("optimizer.lr=0.0033770655829123") == "optimizer.lr=0.003377"
+    assert _short_override("model.n_factors=64") == "model.n_factors=64"  # integers untouched
+    assert _short_override("model=mf") == "model=mf" and _short_override("+trainer.x=abc") == "+trainer.x=abc"

@@ -156,6 +156,16 @@ def common_overrides(keys: pd.Series) -> list[str]:
     return sorted(set.intersection(*sets))
 
 
+def _short_override(override: str) -> str:
+    """``key=value`` with a float value shown to 4 significant digits (Optuna's trials carry full floats)."""
+    key, sep, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}{sep}{number:.4g}" if sep and "." in value else override
+
+
 def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Headers, cells and bold flags shared by the markdown and the rich table. A single seed
     shows the mean alone (no '± nan'); a metric a model does not report is an empty cell."""
@@ -167,7 +177,7 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
     common = common_overrides(board["config_key"])
     cells = []
     for r in board.itertuples():
-        own = " ".join(o for o in str(r.config_key or "").split() if o not in common)
+        own = " ".join(_short_override(o) for o in str(r.config_key or "").split() if o not in common)
         cells.append([f"`{own}`" if own else "(common only)", r.model, r.loss, r.data, r.split, str(r.n_seeds)])
     bold = [[False] * len(headers) for _ in cells]
     for j, m in enumerate(shown, start=6):

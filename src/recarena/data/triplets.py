@@ -236,6 +236,18 @@ class TripletData:
     heldout: np.ndarray  # (H, 3) int64; no anchor of these appears in train
 
 
+def descriptor_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> tuple[sp.csr_matrix, list[str]]:
+    """The corpus's item descriptors and vocabulary (:func:`item_descriptors`), cached on ``dm``: all that scoring
+    needs, where training also needs :func:`triplet_data`."""
+    opts = options or MiningOptions.from_config(getattr(dm, "view_options", None))
+    if not hasattr(dm, "descriptor_cache"):
+        dm.descriptor_cache = {}
+    key = (opts.genome_k, opts.tags_k)
+    if key not in dm.descriptor_cache:
+        dm.descriptor_cache[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k)
+    return dm.descriptor_cache[key]
+
+
 def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> TripletData:
     """Descriptors and mined triplets of the datamodule's split (training ratings only), cached on ``dm``."""
     opts = options or MiningOptions.from_config(getattr(dm, "view_options", None))
@@ -244,7 +256,7 @@ def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) 
     cache = dm.triplet_cache
     key = replace(opts, encoding="multi_hot")  # descriptors and triplets are the same for every encoding
     if key not in cache:
-        x, vocabulary = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k)
+        x, vocabulary = descriptor_data(dm, opts)
         liked = None
         if opts.positives != "content":
             liked = liked_by(dm.corpus, dm.split.train, dm.positive_threshold, opts.user_cap)

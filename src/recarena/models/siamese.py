@@ -60,7 +60,7 @@ from torchmetrics.functional.classification import binary_auroc
 from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
-from recarena.data.triplets import MiningOptions, triplet_data
+from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
 
@@ -299,8 +299,8 @@ class Siamese(RecommenderModule):
     # ------------------------------------------------------------------ data
     def attach(self, dm: Any) -> None:
         super().attach(dm)
-        data = triplet_data(dm, self.mining)
-        x, text = data.descriptors, self.mining.encoding == "text"
+        x, vocabulary = descriptor_data(dm, self.mining)
+        text = self.mining.encoding == "text"
         if self.first is None:
             self._build_encoder(x.shape[1])
         built = len(self.text_vectors) if text else self.first.num_embeddings
@@ -309,18 +309,29 @@ class Siamese(RecommenderModule):
                 f"the model was built for {built} descriptors but the data has {x.shape[1]}: "
                 "resume only on the same data and model.genome_k / model.tags_k."
             )
-        vectors = descriptor_text_vectors(data.vocabulary) if text else None  # (V, 384), cached per vocabulary
+        vectors = descriptor_text_vectors(vocabulary) if text else None  # (V, 384), cached per vocabulary
         if vectors is not None:
             self.text_vectors[: len(vectors)] = torch.tensor(vectors)
         self._set_csr("desc", torch.from_numpy(x.indptr.astype(np.int64)), torch.from_numpy(x.indices.astype(np.int64)))
         self._set_csr("prof", *self.user_profiles(dm.corpus, np.concatenate([dm.split.train, dm.split.known])))
-        self.vocabulary = list(data.vocabulary)  # descriptor column -> text (run.search matches keywords to it)
+        self.vocabulary = list(vocabulary)  # descriptor column -> text (run.search matches keywords to it)
         column = {text: j for j, text in enumerate(self.vocabulary)}
         self.genre_columns = [column.get(name.strip().lower(), -1) for name in self.schema.genre_names]
         self.register_buffer("item_genres", torch.as_tensor(dm.corpus.genres, dtype=torch.float32, device=self.device),
                              persistent=False)  # fmt: skip
-        self.heldout = torch.from_numpy(data.heldout)
-        self.descriptor_auc = self._descriptor_auc(x, data.heldout, vectors)
+        # Held-out triplets (for the AUCs) are mined on the first evaluation: a loaded run that only scores never
+        # mines (~40 s at 25M ratings).
+        self._heldout_source = (dm, x, vectors)
+        self.heldout, self.descriptor_auc = None, None
+
+    def _heldout_triplets(self) -> torch.Tensor:
+        """(H, 3) held-out triplets of the attached data, and the raw-descriptor AUC on them (computed once)."""
+        if self.heldout is None:
+            dm, x, vectors = self._heldout_source
+            heldout = triplet_data(dm, self.mining).heldout
+            self.heldout = torch.from_numpy(heldout)
+            self.descriptor_auc = self._descriptor_auc(x, heldout, vectors)
+        return self.heldout
 
     def user_profiles(self, corpus: Corpus, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         """CSR (indptr (n_users+1,), items (R,), weights (R,)) of each user's rated items, weights summing to 1
@@ -382,10 +393,11 @@ class Siamese(RecommenderModule):
 
     def _log_auc(self, prefix: str) -> None:
         self._item_cache = None
-        if not len(self.heldout):
+        heldout = self._heldout_triplets()
+        if not len(heldout):
             return
         with torch.no_grad():
-            a, p, n = (self.embed_items(self.heldout[:, k].to(self.device)) for k in range(3))
+            a, p, n = (self.embed_items(heldout[:, k].to(self.device)) for k in range(3))
             values = {f"{prefix}/triplet_auc": triplet_auc(a, p, n).float()}
         values[f"{prefix}/descriptor_auc"] = torch.tensor(self.descriptor_auc, dtype=torch.float32)
         self.log_dict(values, rank_zero_only=False)
