@@ -100,8 +100,19 @@ def test_wandb_offline_run_holds_metrics(make_cfg, tmp_path: Path, monkeypatch: 
     assert any(row.get("test/rmse") == pytest.approx(result["test"]["test/rmse"]) for row in logged), logged
 
 
-def _read_wandb_history(run_dir: Path) -> list[dict]:
-    """Logged rows of an offline run, decoded with wandb's own protobuf ``Record`` schema.
+def _read_wandb_history(run_dir: Path, record_type: str = "history") -> list[dict]:
+    """Logged rows of an offline run (``record_type="summary"``: its summary updates), each a dict of key (nested
+    keys joined by "/", e.g. ``recommendations/_type``) to value."""
+    rows = []
+    for record in _wandb_records(run_dir):
+        if record.WhichOneof("record_type") == record_type:
+            items = record.history.item if record_type == "history" else record.summary.update
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return rows
+
+
+def _wandb_records(run_dir: Path) -> list:
+    """The records of an offline run's ``.wandb`` file, decoded with wandb's own protobuf ``Record`` schema.
 
     wandb >= 0.30 dropped its Python reader of ``.wandb`` files (the Go core reads them), and an offline run
     writes no summary file, so the file's framing is unpacked here: a 7-byte header, then LevelDB-log blocks of
@@ -114,7 +125,7 @@ def _read_wandb_history(run_dir: Path) -> list[dict]:
     (path,) = run_dir.glob("*.wandb")
     raw = path.read_bytes()
     assert raw[:4] == b":W&B", f"{path} is not a W&B log"
-    rows, pending, pos, block = [], b"", 7, 32768
+    records, pending, pos, block = [], b"", 7, 32768
     while pos + 7 <= len(raw):
         if block - pos % block < 7:  # block trailer too short for a header: padding
             pos += block - pos % block
@@ -127,10 +138,8 @@ def _read_wandb_history(run_dir: Path) -> list[dict]:
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+            records.append(record)
+    return records
 
 
 def _run_train(args: list[str], cwd: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:

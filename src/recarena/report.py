@@ -326,7 +326,8 @@ def _plot_metrics(board: pd.DataFrame) -> list[str]:
 
 class LeaderboardCallback(Callback):
     """Hydra callback: the leaderboard is refreshed after every job of a multirun (so a sweep
-    that dies half-way still has one) and written and printed once the multirun ends."""
+    that dies half-way still has one) and written and printed once the multirun ends; with ``logger=wandb``
+    it is also logged to a W&B run of the sweep's group (:func:`recarena.wandb_report.log_sweep_leaderboard`)."""
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN"):
@@ -344,10 +345,19 @@ class LeaderboardCallback(Callback):
                 return
             written = write_leaderboard(sweep_dir, runs, html=final)
             if final:
-                Console().print(leaderboard_table(runs))
+                board = leaderboard(runs)
+                Console().print(leaderboard_table(board))
                 log.info("leaderboard: %s", ", ".join(map(str, written)))
         except Exception:  # a report bug must not turn a finished sweep into a failed one
             log.exception("could not write the leaderboard of %s", sweep_dir)
+            return
+        if final:
+            try:  # logger=wandb: the leaderboard as a table in a W&B run of the sweep's project and group
+                from recarena.wandb_report import log_sweep_leaderboard
+
+                log_sweep_leaderboard(config, sweep_dir, board)
+            except Exception:
+                log.exception("could not log the leaderboard of %s to W&B", sweep_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from recarena.display import print_metrics, print_stats
 from recarena.report import config_key
 from recarena.rundir import save_run_data
 from recarena.timing import EpochTimer
+from recarena.wandb_report import log_run_report
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,12 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
-    _finish_loggers(trainer)
     if main_process:
         if cfg.get("save_run_data", True):  # what load_run needs beside the checkpoint (recarena.rundir)
             save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
+        log_run_report(cfg, trainer, output_dir)  # logger=wandb: sample recommendations, item PCA
+    _finish_loggers(trainer)
+    if main_process:
         write_json_atomic(output_dir / "metrics.json", result)
         if cfg.get("verbose", True):
             print_metrics(result)
