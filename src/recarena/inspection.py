@@ -15,6 +15,7 @@ Each function takes a :class:`recarena.inference.Run` (``load_run(RUN_DIR)``):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -30,13 +31,15 @@ from recarena.atomic import atomic_file
 from recarena.checks import group_targets
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.inference import Run
-from recarena.rundir import RunError
+from recarena.rundir import RunError, checkpoint_path
+from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
+
+log = logging.getLogger(__name__)
+__all__ = ["bias_table", "evaluate", "explain", "export", "item_pca", "read_embeddings"]
 
 #: ``evaluate(relevance_threshold=...)`` not given: the run's own ``eval.relevance_threshold``.
 RUN_SETTING: Any = object()
 PARTS = ("val", "test")
-EXPORT_FORMAT_VERSION = 1
-EMBEDDING = "embedding"  # the fixed-size list column of the exported parquet files
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -259,6 +262,21 @@ def _doc(method: Any) -> str:
     return (method.__doc__ or "").strip().split("\n")[0]
 
 
+def export_for_serving(run_dir: str | Path) -> dict[str, Any] | None:
+    """At the end of training: ``RUN_DIR/export``, the vectors ``recarena recommend`` answers from without loading
+    the model (:mod:`recarena.serving`), for families that have them (else None). Exported from the run dir as
+    :func:`load_run` reads it, so it is exactly what a later ``recarena export`` would write; a failure is logged
+    and never fails the finished run."""
+    from recarena.inference import load_run
+
+    try:
+        run = load_run(run_dir)
+        return export(run) if _exports(type(run.model)) else None
+    except Exception:
+        log.exception("could not export the embeddings of %s (recarena export RUN_DIR retries)", run_dir)
+        return None
+
+
 def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[str, Any]:
     """Write ``users.parquet``, ``items.parquet`` and ``manifest.json`` into ``out`` (default ``RUN_DIR/export``).
 
@@ -326,18 +344,9 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
         "items": {"file": "items.parquet", "rows": int(len(items)), "id": "movie_id", "vectors": _doc(model.item_embeddings)},
         "embedding_column": EMBEDDING,
         "split_fingerprint": split.fingerprint,
+        # The checkpoint the vectors come from: `recarena recommend` answers from this export only while it holds.
+        "checkpoint": checkpoint_stamp(checkpoint_path(run.path)),
     }  # fmt: skip
     with atomic_file(out / "manifest.json") as handle:
         handle.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """An exported parquet file as (its id columns, the ``(N, D)`` float32 embedding matrix), e.g.
-    ``faiss.IndexFlatIP(d).add(matrix)``; the matrix is the column's value buffer, reshaped (read-only)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    column = table.column(EMBEDDING).combine_chunks()
-    matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-    return table.drop_columns([EMBEDDING]).to_pandas(), matrix

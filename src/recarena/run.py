@@ -166,6 +166,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     if main_process:
         if cfg.get("save_run_data", True):  # what load_run needs beside the checkpoint (recarena.rundir)
             save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
+            if cfg.get("export_embeddings", True):  # what `recarena recommend` answers from without torch
+                from recarena.inspection import export_for_serving
+
+                export_for_serving(output_dir)
         log_run_report(cfg, trainer, output_dir)  # logger=wandb: sample recommendations, item PCA
     _finish_loggers(trainer)
     if main_process:

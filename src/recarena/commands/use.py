@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if _answer_from_export(args):  # a known user of a run with exported vectors: no torch, no Lightning
+        return 0
     from recarena.cli_errors import exit_on_user_error  # imports torch (via the config checks)
 
     with exit_on_user_error(debug=args.debug):
@@ -67,6 +69,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             title = f"nearest to {query}" + (f" (>= {args.min_ratings} ratings)" if args.min_ratings else "")
         show(frame, args.format, f"{title} · model={run.family} · {run.path}")
     return 0
+
+
+def _answer_from_export(args: argparse.Namespace) -> bool:
+    """``recommend --user ID`` answered from ``RUN_DIR/export`` (:mod:`recarena.serving`) when it can; False sends
+    the command down the model path, which also words every error."""
+    if args.command != "recommend" or args.user is None:
+        return False
+    if args.liked or args.liked_id or args.likes_genre or args.dislikes_genre:  # refused by the model path
+        return False
+    from recarena.serving import recommend_from_export
+
+    answer = recommend_from_export(args.run_dir, args.user, args.k)
+    if answer is None:
+        return False
+    frame, manifest = answer
+    show(frame, args.format, f"top {args.k} for user {args.user} · model={manifest['family']} · {args.run_dir}")
+    return True
 
 
 def _recommend_title(args: argparse.Namespace) -> str:

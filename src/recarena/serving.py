@@ -1,0 +1,94 @@
+"""Answer ``recarena recommend RUN_DIR --user U`` from the run's exported vectors, without torch or Lightning.
+
+Why a second path: importing Lightning (and through it torchmetrics and torch._dynamo) takes ~4 s on a 2-core
+machine, more than the whole command may take (< 3 s). For the families whose ranking score is an inner product
+of a user and an item vector (mf, twotower, siamese), training ends by exporting those vectors (``RUN_DIR/export``,
+:func:`recarena.inspection.export`), and the answer is one matrix-vector product in numpy:
+
+    score(u, i) = <e_u, e_i>           (manifest similarity "dot"; MF's vectors carry its biases)
+                = <e_u/|e_u|, e_i/|e_i|>   ("cosine")
+
+the movies the user rated (in any part of the split) masked out, the K best kept, ties broken by the lower item
+index as the evaluator's top-K breaks them. This module imports numpy, pandas and pyarrow only.
+
+The CLI uses it only when the export belongs to the run's current checkpoint (its size and mtime are recorded in
+the manifest) and holds the user; otherwise (made-up users, mlp, popularity, ``export_embeddings=false``, an
+unknown user, whose error message the model path words) it loads the model (:func:`recarena.inference.load_run`).
+``tests/test_serving.py`` checks that both paths return the same movies and scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EXPORT_DIR, MANIFEST = "export", "manifest.json"
+EXPORT_FORMAT_VERSION = 1
+EMBEDDING = "embedding"  # the fixed-size list column of the exported parquet files
+
+
+def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """An exported parquet file as (its id columns, the ``(N, D)`` float32 embedding matrix), e.g.
+    ``faiss.IndexFlatIP(d).add(matrix)``; the matrix is the column's value buffer, reshaped (read-only)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column(EMBEDDING).combine_chunks()
+    matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    return table.drop_columns([EMBEDDING]).to_pandas(), matrix
+
+
+def checkpoint_stamp(path: Path) -> dict[str, int]:
+    """What identifies a checkpoint file's content cheaply: its size and modification time."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def fresh_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The export's manifest if it was written from the run's current checkpoint by this format, else None."""
+    from recarena.rundir import checkpoint_path  # torch-free
+
+    try:
+        manifest = json.loads((run_dir / EXPORT_DIR / MANIFEST).read_text())
+        stamp = checkpoint_stamp(checkpoint_path(run_dir))
+    except (OSError, ValueError):  # no export, unreadable, or no checkpoint (RunError is a ValueError)
+        return None
+    if manifest.get("format_version") != EXPORT_FORMAT_VERSION or manifest.get("checkpoint") != stamp:
+        return None
+    return manifest
+
+
+def recommend_from_export(run_dir: str | Path, user_id: int, k: int) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """Top ``k`` unrated movies of MovieLens user ``user_id`` (movie_id, title, year, genres, score, rank, as
+    :meth:`recarena.inference.Run.recommend`) and the manifest; None when the export cannot answer."""
+    run_dir = Path(run_dir)
+    manifest = fresh_manifest(run_dir)
+    if manifest is None or isinstance(k, bool) or int(k) <= 0:
+        return None
+    users, user_vectors = read_embeddings(run_dir / EXPORT_DIR / "users.parquet")
+    row = np.flatnonzero(users["user_id"].to_numpy() == int(user_id))
+    if not len(row):
+        return None
+    items, item_vectors = read_embeddings(run_dir / EXPORT_DIR / "items.parquet")
+    query = user_vectors[row[0]]
+    if manifest["similarity"] == "cosine":
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        item_vectors = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    scores = item_vectors @ query  # (n_items,)
+    scores[_rated_items(run_dir, int(user_id))] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))[: min(int(k), int(np.isfinite(scores).sum()))]
+    frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
+    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1)), manifest
+
+
+def _rated_items(run_dir: Path, user_id: int) -> np.ndarray:
+    """Item indices the user rated in the run's corpus (train, validation and test alike)."""
+    from recarena.rundir import CORPUS_DIR
+
+    with np.load(run_dir / CORPUS_DIR / "ratings.npz") as ratings:  # arrays are read on access, one at a time
+        index = np.flatnonzero(ratings["user_ids"] == user_id)
+        return ratings["items"][ratings["users"] == index[0]] if len(index) else np.empty(0, np.int64)

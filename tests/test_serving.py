@@ -1,0 +1,60 @@
+"""The export path of ``recarena recommend --user``: the same answer as the model path, without importing torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recarena.inference import load_run
+from recarena.serving import EXPORT_DIR, recommend_from_export
+from tests.conftest import Trained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("family", ["mf", "twotower", "siamese"])
+def test_the_export_answers_as_the_model_does(trained: Trained, family: str) -> None:
+    run_dir, _ = trained(family)
+    assert (run_dir / EXPORT_DIR / "manifest.json").is_file()  # written at the end of training
+    run = load_run(run_dir)
+    for user_id in run.corpus.user_ids[np.unique(run.corpus.users[run.split.train])][:12]:
+        fast, manifest = recommend_from_export(run_dir, int(user_id), k=7)
+        slow = run.recommend(user=int(user_id), k=7)
+        assert manifest["family"] == family
+        assert fast["movie_id"].tolist() == slow["movie_id"].tolist(), user_id
+        assert fast["title"].tolist() == slow["title"].tolist() and fast["rank"].tolist() == list(range(1, 8))
+        np.testing.assert_allclose(fast["score"], slow["score"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_answer_sends_the_command_down_the_model_path(trained: Trained, tmp_path: Path) -> None:
+    run_dir, _ = trained("mf")
+    assert recommend_from_export(run_dir, 10**9, k=5) is None  # unknown user: the model path words the error
+    assert recommend_from_export(run_dir, 1, k=0) is None
+    for family in ("mlp", "popularity"):  # no user/item vectors, no export
+        assert recommend_from_export(trained(family)[0], 1, k=5) is None
+    # A checkpoint newer than the export (e.g. retrained into the same dir) makes the export stale.
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(run_dir), str(copy)], check=True)  # -a keeps the mtimes
+    user = int(load_run(copy).corpus.user_ids[0])
+    assert recommend_from_export(copy, user, k=5) is not None
+    os.utime(copy / "checkpoints" / "best.ckpt", ns=(1, 1))
+    assert recommend_from_export(copy, user, k=5) is None
+
+
+def test_the_command_imports_no_torch_on_the_export_path(trained: Trained) -> None:
+    run_dir, _ = trained("mf")
+    user = int(load_run(run_dir).corpus.user_ids[0])
+    code = (
+        "import sys; from recarena.cli import main; "
+        f"code = main(['recommend', {str(run_dir)!r}, '--user', '{user}', '-k', '3', '--format', 'csv']); "
+        "assert code == 0; assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "movie_id,title,year,genres,score,rank" and len(lines) == 4
