@@ -8,10 +8,8 @@ NaN (a diverged run) is recorded by the sweeper as a failed trial and the search
 import hydra
 from omegaconf import DictConfig
 
+import recarena  # noqa: F401  (registers the ${recarena.*:...} resolvers of conf/ before Hydra composes)
 from recarena.cli_errors import exit_on_user_error
-from recarena.hparams import register_resolvers
-
-register_resolvers()  # ${recarena.optuna_direction:...} of conf/hparams_search/, resolved before any job runs
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

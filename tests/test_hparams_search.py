@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 
-from recarena.hparams import best_trial, register_resolvers, summary_line
+from recarena.hparams import best_trial, summary_line
+from recarena.resolvers import register_resolvers
 from tests.conftest import CONF_DIR, FAST, TINY_DATA
 from tests.test_train import _run_train
 

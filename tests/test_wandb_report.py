@@ -79,10 +79,11 @@ def test_wandb_run_holds_recommendations_pca_and_final_metrics(
 
 
 def test_multirun_logs_leaderboard_to_a_wandb_run_of_the_group(tmp_path: Path, data_cache: Path) -> None:
-    sweep = tmp_path / "sweep"
+    """No group= given: the sweep names the group of its jobs' runs and of the leaderboard run."""
+    sweep = tmp_path / "multirun" / "2026-11-23" / "10-00-00"
     proc = _run_train(
         ["-m", "model=popularity,mf", *TINY_DATA, "trainer=cpu", "trainer.max_epochs=1", "logger=wandb",
-         "logger.wandb.offline=true", "group=sweep-7", "report.wandb_users=2", "trainer.enable_progress_bar=false",
+         "logger.wandb.offline=true", "report.wandb_users=2", "trainer.enable_progress_bar=false",
          "verbose=false", f"hydra.sweep.dir={sweep}"],
         tmp_path, {"RECARENA_DATA": str(data_cache), "OMP_NUM_THREADS": "1", **OFFLINE},
     )
@@ -100,5 +101,6 @@ def test_multirun_logs_leaderboard_to_a_wandb_run_of_the_group(tmp_path: Path, d
         (run,) = [r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run"][:1]
         return run.run_group, run.job_type
 
-    assert run_info(board_run) == ("sweep-7", "leaderboard")
-    assert {run_info(_offline_run(sweep / job))[0] for job in ("0", "1")} == {"sweep-7"}  # the jobs' runs too
+    group = "sweep-2026-11-23-10-00-00"
+    assert run_info(board_run) == (group, "leaderboard")
+    assert {run_info(_offline_run(sweep / job))[0] for job in ("0", "1")} == {group}  # the jobs' runs too

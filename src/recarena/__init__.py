@@ -6,8 +6,12 @@ so ``import recarena`` (and the ``recarena`` command's start-up) stays free of t
 
 from typing import Any
 
+from recarena.resolvers import register_resolvers
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_run"]
+
+register_resolvers()  # ${recarena.*:...} of conf/: composing a config needs them, from train.py or the compose API
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,8 @@ Two small pieces the presets in ``conf/hparams_search/`` use:
 
 - the resolver ``${recarena.optuna_direction:${eval.monitor_mode}}``: Optuna's direction (minimize/maximize)
   derived from the mode early stopping already follows (min/max), so a search can never maximise an error or
-  minimise NDCG, whatever ``loss=`` or ``eval.monitor=`` the command line picks. ``train.py`` registers it;
+  minimise NDCG, whatever ``loss=`` or ``eval.monitor=`` the command line picks (registered by
+  :mod:`recarena.resolvers`);
 - :class:`BestTrialCallback`: at the end of a search, one readable line with the best trial's metric, parameters
   and run dir, and ``best_trial.json`` at the sweep root (the sweeper's own ``optimization_results.yaml`` has
   the parameters and value, but not which run dir holds the model, nor its test metrics).
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: eval.monitor_mode (Lightning's early stopping and checkpoint) -> Optuna's study direction.
 DIRECTIONS = {"min": "minimize", "max": "maximize"}
-RESOLVER = "recarena.optuna_direction"
 
 
 def optuna_direction(mode: str) -> str:
@@ -39,12 +39,6 @@ def optuna_direction(mode: str) -> str:
         return DIRECTIONS[str(mode)]
     except KeyError:
         raise ValueError(f"eval.monitor_mode must be one of {sorted(DIRECTIONS)}, got {mode!r}") from None
-
-
-def register_resolvers() -> None:
-    """Register ``${recarena.optuna_direction:...}`` (idempotent; needed before the sweeper is built)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, optuna_direction)
 
 
 class BestTrialCallback(Callback):

@@ -106,6 +106,15 @@ def uses_wandb(config: DictConfig) -> str | None:
     return next((key for key, entry in loggers.items() if entry and entry.get("_target_") == WANDB_LOGGER), None)
 
 
+def _sweep_group(config: DictConfig) -> str | None:
+    """The group the sweep's jobs logged to: ``group=`` when given, else the sweep's own name (what
+    ``${recarena.sweep_group:}`` gave each job)."""
+    from recarena.resolvers import sweep_group_name
+
+    group = OmegaConf.select(config, "group", default=None, throw_on_resolution_failure=False)
+    return group or sweep_group_name(OmegaConf.select(config, "hydra.sweep.dir"))
+
+
 def log_sweep_leaderboard(config: DictConfig, sweep_dir: Path, board: pd.DataFrame) -> None:
     """Start a W&B run in the sweep's project and group, log the leaderboard table (and the metric bars PNG when
     ``leaderboard.html`` drew it), finish it. Its local files go under ``SWEEP_DIR/wandb``."""
@@ -118,7 +127,7 @@ def log_sweep_leaderboard(config: DictConfig, sweep_dir: Path, board: pd.DataFra
     offline = bool(OmegaConf.select(entry, "offline", default=False)) or os.environ.get("WANDB_MODE") == "offline"
     run = wandb.init(
         project=OmegaConf.select(entry, "project", default="recarena"),
-        group=OmegaConf.select(config, "group", default=None),
+        group=_sweep_group(config),
         job_type="leaderboard", name="leaderboard", dir=str(sweep_dir), mode="offline" if offline else None,
         config={"sweep_dir": str(sweep_dir), "primary": board.attrs.get("primary")},
     )

@@ -1,0 +1,46 @@
+"""The config resolvers of ``conf/`` (``${recarena.*:...}``), registered on ``import recarena``.
+
+- ``${recarena.optuna_direction:${eval.monitor_mode}}`` (conf/hparams_search/): :func:`recarena.hparams.optuna_direction`;
+- ``${recarena.sweep_group:}`` (``group`` in conf/train.yaml): in a multirun, a name for the sweep, so that its jobs'
+  W&B runs and the sweep-end leaderboard run share one group without ``group=`` on the command line; None in a
+  single run or outside Hydra (the compose API).
+
+Only omegaconf is imported here: ``import recarena`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def sweep_group_name(sweep_dir: str | Path) -> str:
+    """``multirun/2026-11-23/10-00-00`` -> ``sweep-2026-11-23-10-00-00``: the sweep dir's last two parts."""
+    return "sweep-" + "-".join(Path(str(sweep_dir)).parts[-2:])
+
+
+def sweep_group() -> str | None:
+    """The running sweep's group name (:func:`sweep_group_name`), None when no multirun is running."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return sweep_group_name(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None
+
+
+def optuna_direction(mode: str) -> str:
+    """:func:`recarena.hparams.optuna_direction`, imported when a search preset is resolved (Hydra's callback
+    machinery stays out of ``import recarena``)."""
+    from recarena.hparams import optuna_direction as direction
+
+    return direction(mode)
+
+
+def register_resolvers() -> None:
+    """Register every ``recarena.*`` resolver (idempotent; before Hydra composes a config)."""
+    for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
