@@ -233,7 +233,8 @@ def explain(
 
 
 # ----------------------------------------------------------------------------------------------- export
-def _exports(cls: type) -> bool:
+def exports_embeddings(cls: type) -> bool:
+    """Whether a family has user and item embeddings to export (``recarena export``, the serving path)."""
     return callable(getattr(cls, "user_embeddings", None)) and callable(getattr(cls, "item_embeddings", None))
 
 
@@ -262,18 +263,17 @@ def _doc(method: Any) -> str:
     return (method.__doc__ or "").strip().split("\n")[0]
 
 
-def export_for_serving(run_dir: str | Path) -> dict[str, Any] | None:
+def export_for_serving(run: Run) -> dict[str, Any] | None:
     """At the end of training: ``RUN_DIR/export``, the vectors ``recarena recommend`` answers from without loading
-    the model (:mod:`recarena.serving`), for families that have them (else None). Exported from the run dir as
-    :func:`load_run` reads it, so it is exactly what a later ``recarena export`` would write; a failure is logged
-    and never fails the finished run."""
-    from recarena.inference import load_run
-
+    the model (:mod:`recarena.serving`), for families that have them (else None). ``run`` is the run as
+    :func:`load_run` reads it from its dir, so this is exactly what a later ``recarena export`` would write; a
+    failure is logged and never fails the finished run."""
+    if not exports_embeddings(type(run.model)):
+        return None
     try:
-        run = load_run(run_dir)
-        return export(run) if _exports(type(run.model)) else None
+        return export(run)
     except Exception:
-        log.exception("could not export the embeddings of %s (recarena export RUN_DIR retries)", run_dir)
+        log.exception("could not export the embeddings of %s (recarena export RUN_DIR retries)", run.path)
         return None
 
 
@@ -296,10 +296,10 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
     Every file is written atomically, the manifest last.
     """
     model = run.model
-    if not _exports(type(model)):
+    if not exports_embeddings(type(model)):
         raise RunError(
             f"model={run.family} has no user and item embeddings to export; export works with runs of "
-            f"{', '.join(families_where(_exports))}"
+            f"{', '.join(families_where(exports_embeddings))}"
         )
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
         raise RunError(f"chunk must be a positive integer (users per row group), got {chunk!r}")

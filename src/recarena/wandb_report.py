@@ -1,7 +1,7 @@
 """What a W&B run shows beyond Lightning's metrics (``logger=wandb``), so one W&B project holds the comparison.
 
-- :func:`log_run_report`, called by ``train()`` once the run dir is written and before the loggers close: logs to
-  the run of each :class:`~lightning.pytorch.loggers.WandbLogger` ``recommendations`` (a ``wandb.Table``: user_id,
+- :func:`log_run_report`, called by ``train()`` with the run loaded back from the dir it wrote, before the
+  loggers close: logs to the run of each :class:`~lightning.pytorch.loggers.WandbLogger` ``recommendations`` (a ``wandb.Table``: user_id,
   rank, movie_id, title, year, genres, score of ``report.wandb_users`` fixed users, from ``load_run(RUN_DIR)``, so
   exactly what ``recarena recommend`` says) and ``item_pca`` (``recarena explain``'s PCA plot of the item vectors
   as a ``wandb.Image``, families with item vectors only). Config, per-epoch metrics and the final val/test metrics
@@ -66,22 +66,22 @@ def _table(frame: pd.DataFrame) -> Any:
     return wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
 
 
-def log_run_report(cfg: DictConfig, trainer: Any, output_dir: Path) -> None:
-    """Log ``recommendations`` and ``item_pca`` to each W&B logger's run (nothing without one). Needs the run
-    data ``save_run_data`` writes; a failure is logged and never fails the finished run."""
+def has_wandb_logger(trainer: Any) -> bool:
+    """Whether the trainer logs to W&B (then :func:`log_run_report` has somewhere to log)."""
+    return bool(_wandb_loggers(trainer))
+
+
+def log_run_report(cfg: DictConfig, trainer: Any, run: Run) -> None:
+    """Log ``recommendations`` and ``item_pca`` of ``run`` (loaded from the run dir ``train()`` just wrote) to each
+    W&B logger's run (nothing without one); a failure is logged and never fails the finished run."""
     loggers = _wandb_loggers(trainer)
     if not loggers:
         return
-    from recarena.inference import load_run  # torch + Lightning: only when there is a W&B run
     from recarena.inspection import explain
     from recarena.rundir import RunError
 
     settings = cfg.get("report") or {}
-    try:
-        run = load_run(output_dir)
-    except RunError as err:  # save_run_data=false: nothing to load the run from
-        log.info("no W&B recommendations or PCA: %s", err)
-        return
+    output_dir = run.path
     import wandb
 
     entries: dict[str, Any] = {}
