@@ -18,19 +18,17 @@ import json
 import logging
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import get_class
 
 from recarena.atomic import atomic_file
-from recarena.checks import group_targets
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
-from recarena.inference import Run
+from recarena.inference import Run, families_that
 from recarena.rundir import RunError, checkpoint_path
 from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
 
@@ -99,11 +97,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------- explain
-def families_where(able: Callable[[type], bool]) -> list[str]:
-    """Names of the ``model=`` options whose class passes ``able``: what an error tells the user to use instead."""
-    return [name for name, target in group_targets("model").items() if able(get_class(target))]
-
-
 def has_item_biases(cls: type) -> bool:
     """Whether a family offers item biases (an ``item_biases()`` method), for `explain` and its messages."""
     return callable(getattr(cls, "item_biases", None))
@@ -174,8 +167,8 @@ def item_pca(run: Run, min_ratings: int = 20) -> tuple[pd.DataFrame, np.ndarray]
     with torch.no_grad():
         vectors = run.model.item_similarity_vectors()
     if vectors is None:
-        able = families_where(lambda cls: cls.compares_items())
-        raise RunError(f"model={run.family} has no item vectors to explain; explain works with runs of {', '.join(able)}")
+        able = families_that(lambda cls: cls.compares_items())
+        raise RunError(f"model={run.family} has no item vectors to explain; explain works with runs of {able}")
     kept = _frequent(run, min_ratings, "a PCA", at_least=3)
     x = vectors.detach().double().cpu().numpy()[kept]
     x -= x.mean(0)
@@ -299,7 +292,7 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
     if not exports_embeddings(type(model)):
         raise RunError(
             f"model={run.family} has no user and item embeddings to export; export works with runs of "
-            f"{', '.join(families_where(exports_embeddings))}"
+            f"{families_that(exports_embeddings)}"
         )
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
         raise RunError(f"chunk must be a positive integer (users per row group), got {chunk!r}")

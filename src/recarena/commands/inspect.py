@@ -105,9 +105,10 @@ def _print_metrics(run: Any, metrics: dict[str, float], part: str, threshold: An
 
 def _print_explanation(run: Any, result: dict[str, Any], min_ratings: int, fmt: str) -> None:
     biases = result["biases"]
-    from recarena.inspection import families_where, has_item_biases
+    from recarena.inference import families_that
+    from recarena.inspection import has_item_biases
 
-    note = f"model={run.family} has no item biases (families with: {', '.join(families_where(has_item_biases))})"
+    note = f"model={run.family} has no item biases (families with: {families_that(has_item_biases)})"
     pca = (f"item PCA of {result['pca_movies']} movies (PC1 {result['pca_variance'][0]:.0%}, PC2 "
            f"{result['pca_variance'][1]:.0%} of variance): {result['pca']}")  # fmt: skip
     if fmt == "json":
