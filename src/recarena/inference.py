@@ -31,7 +31,7 @@ from recarena.data.datamodule import MovieLensDataModule
 from recarena.evaluation.heldout import EvalData, effective_chunk_size
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
-from recarena.rundir import RunError, checkpoint_path, read_run_data, read_run_meta
+from recarena.rundir import RunError, checkpoint_path, is_count, read_run_data, read_run_meta
 
 #: Columns describing a movie in every frame the API returns.
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
@@ -100,7 +100,7 @@ def resolve_movie(
 
 def check_k(k: Any) -> int:
     """``k`` as an int; anything but a positive integer is a :class:`RunError`."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+    if not is_count(k):
         raise RunError(f"k must be a positive integer (how many movies to list), got {k!r}")
     return int(k)
 

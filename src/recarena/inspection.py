@@ -29,7 +29,7 @@ import torch
 from recarena.atomic import atomic_file
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.inference import Run, families_that
-from recarena.rundir import RunError, checkpoint_path
+from recarena.rundir import RunError, checkpoint_path, is_count
 from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def check_cutoffs(ks: Sequence[Any]) -> list[int]:
     ks = list(ks)
     if not ks:
         raise RunError("give at least one cut-off K (e.g. --ks 5 10 50)")
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0]
+    bad = [k for k in ks if not is_count(k)]
     if bad:
         raise RunError(f"cut-offs K must be positive integers, got {bad[0]!r}")
     return sorted({int(k) for k in ks})
@@ -120,7 +120,7 @@ def _item_stats(run: Run) -> pd.DataFrame:
 
 def _frequent(run: Run, min_ratings: int, what: str, at_least: int = 1) -> np.ndarray:
     """Item indices with ``>= min_ratings`` training ratings; fewer than ``at_least`` is a :class:`RunError`."""
-    if isinstance(min_ratings, bool) or not isinstance(min_ratings, (int, np.integer)) or min_ratings < 0:
+    if not is_count(min_ratings, minimum=0):
         raise RunError(f"min_ratings must be a non-negative integer, got {min_ratings!r}")
     kept = np.flatnonzero(run.datamodule.item_popularity >= min_ratings)
     if len(kept) < at_least:
@@ -139,7 +139,7 @@ def bias_table(run: Run, top: int = 10, min_ratings: int = 20) -> pd.DataFrame |
     n_ratings, mean_rating (training). A bias is what the model adds for the movie whoever the user is: a movie
     with a high bias but a modest mean rating is liked more than its raters' tastes would predict.
     """
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
+    if not is_count(top):
         raise RunError(f"top must be a positive integer (movies per side), got {top!r}")
     biases = item_biases(run.model)
     if biases is None:
@@ -294,7 +294,7 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
             f"model={run.family} has no user and item embeddings to export; export works with runs of "
             f"{families_that(exports_embeddings)}"
         )
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
+    if not is_count(chunk):
         raise RunError(f"chunk must be a positive integer (users per row group), got {chunk!r}")
     import pyarrow.parquet as pq
 

@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recarena import __version__
 from recarena.atomic import atomic_file
 from recarena.data.corpus import Corpus
@@ -34,6 +36,11 @@ RUN_FILE = "run.json"
 CORPUS_DIR = "data/corpus"
 SPLIT_FILE = "data/split.npz"
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
+
+
+def is_count(value: Any, minimum: int = 1) -> bool:
+    """Whether ``value`` is an integer >= ``minimum`` (a bool is not: ``k=True`` is a mistake, not 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
 
 class RunError(ValueError):

@@ -65,9 +65,11 @@ def fresh_manifest(run_dir: Path) -> dict[str, Any] | None:
 def recommend_from_export(run_dir: str | Path, user_id: int, k: int) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """Top ``k`` unrated movies of MovieLens user ``user_id`` (movie_id, title, year, genres, score, rank, as
     :meth:`recarena.inference.Run.recommend`) and the manifest; None when the export cannot answer."""
+    from recarena.rundir import is_count
+
     run_dir = Path(run_dir)
     manifest = fresh_manifest(run_dir)
-    if manifest is None or isinstance(k, bool) or int(k) <= 0:
+    if manifest is None or not is_count(k):  # a bad k: the model path words the error
         return None
     users, user_vectors = read_embeddings(run_dir / EXPORT_DIR / "users.parquet")
     row = np.flatnonzero(users["user_id"].to_numpy() == int(user_id))
