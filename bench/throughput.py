@@ -28,8 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra.utils import instantiate  # noqa: E402
+from hydra.utils import get_class, instantiate  # noqa: E402
 
+from recarena.checks import family_presets, group_targets  # noqa: E402
 from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.timing import EpochTimer  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
@@ -96,8 +97,9 @@ def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, f
     return samples / elapsed, elapsed / epochs
 
 
-#: ``--families``: every trainable family with its default loss, and the two-tower's retrieval loss.
-FAMILIES = ("mf", "mlp", "twotower_mse", "twotower_logq", "siamese")
+#: ``--families``: every family preset of conf/family/ trained by gradient steps (the bare loop steps an optimiser).
+FAMILIES = tuple(name for name, (_, loss) in family_presets().items()
+                 if get_class(group_targets("loss")[loss]).trains_by_gradient)  # fmt: skip
 
 
 def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: Path) -> float:

@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from recarena.checks import family_presets
+
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
 
@@ -80,18 +82,14 @@ def ml100k_cache() -> Path:
     return root
 
 
-#: The runs of :func:`trained`: one per family, on the tiny data.
-FAMILIES = {
-    "popularity": ["model=popularity"],
-    "mf": ["model=mf"],
-    "mlp": ["model=mlp"],
-    "twotower": ["model=twotower", "loss=logq"],  # a loss whose setup() reads training statistics
-    "siamese": ["model=siamese", "trainer.max_epochs=1"],
-}
+#: Test-only settings of some family presets (fewer epochs where one shows what the tests need).
+QUICKER = {"siamese": ["trainer.max_epochs=1"]}
+#: The runs of :func:`trained`: one per family preset of conf/family/, on the tiny data.
+FAMILIES = {name: [f"family={name}", *QUICKER.get(name, [])] for name in family_presets()}
 #: More runs :func:`trained` knows, for tests that need a variant of a family (not parametrised over).
 VARIANTS = {
-    "siamese-no-ids": ["model=siamese", "trainer.max_epochs=1", "model.item_ids=false"],
-    "siamese-text": ["model=siamese", "trainer.max_epochs=1", "model.encoding=text"],
+    "siamese-no-ids": ["family=siamese", "trainer.max_epochs=1", "model.item_ids=false"],
+    "siamese-text": ["family=siamese", "trainer.max_epochs=1", "model.encoding=text"],
 }
 Trained = Callable[[str], tuple[Path, "RecommenderModule"]]
 

@@ -17,7 +17,7 @@ from recarena.inference import ITEM_COLUMNS, Run
 from recarena.rundir import RunError
 from tests.conftest import Trained
 
-MADE_UP = ("twotower", "siamese")
+MADE_UP = ("twotower_logq", "siamese")
 
 
 def _input_ratings(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +68,7 @@ def test_a_users_own_ratings_through_the_made_up_path_give_their_vector(trained:
 def test_twotower_made_up_inputs_are_the_documented_ones(trained: Trained) -> None:
     """One liked movie, a liked and a disliked genre: the user tower's input is x_ctx = r_high - m on the movie,
     x_genre = r_high - m on its genres and the liked genre, r_low - m on the disliked one, the history that movie."""
-    run = load_run(trained("twotower")[0])
+    run = load_run(trained("twotower_logq")[0])
     model, corpus = run.model, run.corpus
     movie = 0
     own = set(np.flatnonzero(corpus.genres[movie]).tolist())
@@ -99,7 +99,7 @@ def test_twotower_made_up_inputs_are_the_documented_ones(trained: Trained) -> No
 
 def test_twotower_stating_the_liked_movies_own_genres_changes_nothing(trained: Trained) -> None:
     """A liked movie's genres already have the top rating as their mean: liking them again is the same user."""
-    run = load_run(trained("twotower")[0])
+    run = load_run(trained("twotower_logq")[0])
     genres = [run.corpus.genre_names[g] for g in np.flatnonzero(run.corpus.genres[0])]
     alone = run.recommend(liked=_liked(run, 1), k=10)
     pd.testing.assert_frame_equal(alone, run.recommend(liked=_liked(run, 1), likes_genre=genres, k=10))
@@ -153,7 +153,7 @@ def test_families_without_made_up_users_name_the_ones_with(trained: Trained) -> 
 
 
 def test_made_up_user_bad_input(trained: Trained) -> None:
-    run = load_run(trained("twotower")[0])
+    run = load_run(trained("twotower_logq")[0])
     liked = _liked(run, 1)
     genres = ", ".join(run.corpus.genre_names)
     with pytest.raises(RunError, match=rf"^unknown genre 'Horor'; did you mean Horror\? the genres of .*: {genres}$"):

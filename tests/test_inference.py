@@ -17,6 +17,7 @@ import torch
 
 import recarena.run as run_module
 from recarena import load_run
+from recarena.checks import family_presets
 from recarena.cli import main
 from recarena.data.corpus import Corpus
 from recarena.inference import Run, resolve_movie
@@ -78,7 +79,7 @@ def test_loading_a_siamese_run_mines_no_triplets(trained: Trained, monkeypatch: 
 def test_recommend_reproduces_the_trained_model(trained: Trained, family: str) -> None:
     run_dir, model = trained(family)
     run = load_run(run_dir)
-    assert run.family == family and not run.model.training
+    assert run.family == family_presets()[family][0] and not run.model.training
     user_id = int(run.corpus.user_ids[3])
     frame = run.recommend(user=user_id, k=5)
     assert list(frame.columns) == ["movie_id", "title", "year", "genres", "score", "rank"]
@@ -159,11 +160,24 @@ def test_similar_is_the_cosine_of_the_item_factors(trained: Trained) -> None:
     assert by_id["movie_id"].tolist() == run.similar(title.upper(), k=6)["movie_id"].tolist()
 
 
-@pytest.mark.parametrize("family", ["mlp", "twotower", "siamese"])
+@pytest.mark.parametrize("family", ["mlp", "twotower_logq", "siamese", "ials"])
 def test_similar_works_for_families_with_item_vectors(trained: Trained, family: str) -> None:
     run = load_run(trained(family)[0])
     frame = run.similar(movie_id=int(run.corpus.item_ids[0]), k=5)
     assert len(frame) == 5 and frame["score"].between(-1 - 1e-6, 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("family", ["ease", "itemknn"])
+def test_similar_of_neighbourhood_families_ranks_by_their_item_item_weights(trained: Trained, family: str) -> None:
+    run = load_run(trained(family)[0])
+    query = int(np.argmax(run.datamodule.item_popularity))  # a well-liked movie has neighbours
+    frame = run.similar(movie_id=int(run.corpus.item_ids[query]), k=5)
+    with torch.no_grad():
+        weights = run.model.similar_items(query).numpy()
+    weights[query] = -np.inf
+    items = pd.Index(run.corpus.item_ids).get_indexer(frame["movie_id"])
+    assert items[0] == int(np.argmax(weights)) and frame["score"].is_monotonic_decreasing
+    np.testing.assert_allclose(frame["score"].to_numpy(), weights[items], rtol=1e-6)
 
 
 def test_similar_without_item_embeddings_names_the_families_that_can(trained: Trained) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recarena import load_run
+from recarena.checks import family_presets
 from recarena.cli import main
 from recarena.inspection import bias_table, evaluate, explain, export, item_pca, read_embeddings
 from recarena.rundir import RunError
@@ -25,7 +26,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
-@pytest.mark.parametrize("family", ["mf", "popularity", "mlp", "twotower"])
+@pytest.mark.parametrize("family", ["mf", "popularity", "mlp", "twotower_logq"])
 @pytest.mark.parametrize("part", ["test", "val"])
 def test_evaluate_with_the_runs_settings_reproduces_metrics_json(trained: Trained, family: str, part: str) -> None:
     run_dir, _ = trained(family)
@@ -118,7 +119,9 @@ def test_explain_without_item_vectors_or_with_too_few_movies(trained: Trained) -
 
 
 # ----------------------------------------------------------------------------------------------- export
-@pytest.mark.parametrize(("family", "similarity"), [("mf", "dot"), ("twotower", "cosine"), ("siamese", "dot")])
+@pytest.mark.parametrize(
+    ("family", "similarity"), [("mf", "dot"), ("twotower_logq", "cosine"), ("siamese", "dot"), ("ials", "dot")]
+)
 def test_export_round_trips_to_the_models_vectors_and_scores(
     trained: Trained, tmp_path: Path, family: str, similarity: str
 ) -> None:
@@ -126,7 +129,7 @@ def test_export_round_trips_to_the_models_vectors_and_scores(
     run = load_run(run_dir)
     manifest = export(run, out=tmp_path, chunk=7)  # 7 users per row group: the streaming path
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    assert manifest["family"] == family and manifest["similarity"] == similarity
+    assert manifest["family"] == family_presets()[family][0] and manifest["similarity"] == similarity
     users, user_vectors = read_embeddings(tmp_path / "users.parquet")
     items, item_vectors = read_embeddings(tmp_path / "items.parquet")
     assert pq.ParquetFile(tmp_path / "users.parquet").num_row_groups == -(-len(users) // 7)
@@ -150,7 +153,7 @@ def test_export_round_trips_to_the_models_vectors_and_scores(
 
 def test_export_of_a_family_without_embeddings_names_those_with(trained: Trained, tmp_path: Path) -> None:
     for family in ("mlp", "popularity"):
-        message = f"model={family} has no user and item embeddings to export; .* runs of mf, .*twotower"
+        message = f"model={family} has no user and item embeddings to export; .* runs of .*mf, .*twotower"
         with pytest.raises(RunError, match=message):
             export(load_run(trained(family)[0]), out=tmp_path)
     assert not list(tmp_path.iterdir())

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recarena.checks import family_presets
 from recarena.inference import load_run
 from recarena.serving import EXPORT_DIR, recommend_from_export
 from tests.conftest import Trained
@@ -17,7 +18,7 @@ from tests.conftest import Trained
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("family", ["mf", "twotower", "siamese"])
+@pytest.mark.parametrize("family", ["mf", "twotower_logq", "siamese", "ials"])
 def test_the_export_answers_as_the_model_does(trained: Trained, family: str) -> None:
     run_dir, _ = trained(family)
     assert (run_dir / EXPORT_DIR / "manifest.json").is_file()  # written at the end of training
@@ -25,7 +26,7 @@ def test_the_export_answers_as_the_model_does(trained: Trained, family: str) -> 
     for user_id in run.corpus.user_ids[np.unique(run.corpus.users[run.split.train])][:12]:
         fast, manifest = recommend_from_export(run_dir, int(user_id), k=7)
         slow = run.recommend(user=int(user_id), k=7)
-        assert manifest["family"] == family
+        assert manifest["family"] == family_presets()[family][0]
         assert fast["movie_id"].tolist() == slow["movie_id"].tolist(), user_id
         assert fast["title"].tolist() == slow["title"].tolist() and fast["rank"].tolist() == list(range(1, 8))
         np.testing.assert_allclose(fast["score"], slow["score"], rtol=1e-5, atol=1e-6)

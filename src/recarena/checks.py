@@ -29,6 +29,19 @@ def group_targets(group: str) -> dict[str, str]:
     return targets
 
 
+def family_presets() -> dict[str, tuple[str, str]]:
+    """``{preset: (model option, loss option)}`` of every comparable family, ``conf/family/<preset>.yaml``: the one
+    list that ``experiment=compare_families``, ``recarena benchmark``, the tests and the benchmarks read."""
+    presets = {}
+    for path in sorted((CONF_DIR / "family").glob("*.yaml")):
+        chosen: dict[str, str] = {}
+        for entry in OmegaConf.load(path).get("defaults") or []:
+            if isinstance(entry, DictConfig):
+                chosen.update({str(k).split("/")[-1].split("@")[0]: str(v) for k, v in entry.items()})
+        presets[path.stem] = (chosen.get("model", "?"), chosen.get("loss", "?"))
+    return presets
+
+
 def compatible_losses(model_target: str) -> list[str]:
     """Names of the ``loss=`` options whose needs the family provides."""
     provides = get_class(model_target).provides

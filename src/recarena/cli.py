@@ -18,6 +18,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "fetch": ("recarena.data.sources", ["fetch"], "fill the data cache with a MovieLens release"),
     "leaderboard": ("recarena.report", [], "rebuild leaderboard.md/.csv/.html from run or sweep dirs"),
+    "benchmark": ("recarena.benchmark", [], "tune every family on validation with one budget, then test once"),
     "recommend": ("recarena.commands.use", ["recommend"], "top-K unseen movies for a user of a trained run"),
     "similar": ("recarena.commands.use", ["similar"], "movies nearest to one by a trained run's item embeddings"),
     "search": ("recarena.commands.use", ["search"], "movies nearest to keywords (siamese descriptors)"),

@@ -263,24 +263,22 @@ class Run:
     def similar(
         self, title: str | None = None, k: int = 10, min_ratings: int = 0, *, movie_id: int | None = None
     ) -> pd.DataFrame:
-        """The ``k`` movies nearest to one (by title or ``movie_id``) by cosine of the family's item vectors
-        (:meth:`RecommenderModule.item_similarity_vectors`), the movie itself left out; ``min_ratings`` keeps
-        only movies with at least that many training ratings. Columns: movie_id, title, year, genres, score
-        (the cosine), rank."""
+        """The ``k`` movies most like one (by title or ``movie_id``) by the family's own item similarity
+        (:meth:`RecommenderModule.similar_items`: the cosine of its item vectors, or a neighbourhood family's
+        item-item weights), the movie itself left out; ``min_ratings`` keeps only movies with at least that many
+        training ratings. Columns: movie_id, title, year, genres, score (the similarity), rank."""
         k = check_k(k)
-        with torch.no_grad():
-            vectors = self.model.item_similarity_vectors()
-        if vectors is None:
+        if not self.model.compares_items():
             able = families_that(lambda cls: cls.compares_items())
             raise RunError(
                 f"model={self.family} has no item embeddings to compare movies with; similar() works with runs of {able}"
             )
         query = resolve_movie(self.corpus, title, movie_id, where=str(self.path))
-        unit = F.normalize(vectors.detach().float().cpu(), dim=-1)  # (n_items, D)
-        cosine = unit @ unit[query]  # (n_items,)
+        with torch.no_grad():
+            similarity = self.model.similar_items(query).float().cpu()  # (n_items,)
         exclude = torch.from_numpy(self.datamodule.item_popularity < min_ratings)
         exclude[query] = True
-        return self._ranked(cosine, exclude, k)
+        return self._ranked(similarity, exclude, k)
 
     def _ranked(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> pd.DataFrame:
         """The ``k`` best items of ``scores`` (n_items,) that ``exclude`` (n_items,) bool leaves: the item columns,

@@ -1,6 +1,8 @@
 """The config resolvers of ``conf/`` (``${recarena.*:...}``), registered on ``import recarena``.
 
 - ``${recarena.optuna_direction:${eval.monitor_mode}}`` (conf/hparams_search/): :func:`recarena.hparams.optuna_direction`;
+- ``${recarena.families:}`` (experiment=compare_families): every family preset of ``conf/family/``, comma-separated
+  for a sweeper's ``params`` (:func:`recarena.checks.family_presets`);
 - ``${recarena.sweep_group:}`` (``group`` in conf/train.yaml): in a multirun, a name for the sweep, so that its jobs'
   W&B runs and the sweep-end leaderboard run share one group without ``group=`` on the command line; None in a
   single run or outside Hydra (the compose API).
@@ -39,8 +41,16 @@ def optuna_direction(mode: str) -> str:
     return direction(mode)
 
 
+def families() -> str:
+    """``popularity,mf,...``: the names of ``conf/family/*.yaml``, for a sweep over every family."""
+    from recarena.checks import family_presets
+
+    return ",".join(family_presets())
+
+
 def register_resolvers() -> None:
     """Register every ``recarena.*`` resolver (idempotent; before Hydra composes a config)."""
-    for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group)):
+    for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group),
+                           ("recarena.families", families)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -43,6 +43,12 @@ def is_count(value: Any, minimum: int = 1) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run dir holds a finished run: ``metrics.json`` is written last, atomically, once training, testing
+    and the run data are done. The one check that resuming work (``recarena benchmark``) relies on."""
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
 class RunError(ValueError):
     """A run dir that cannot be used as asked (missing or incompatible files, unknown user, title or k): the
     message names the run dir and what to do."""

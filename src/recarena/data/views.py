@@ -27,6 +27,7 @@ VIEWS: dict[str, str] = {
     "pairs": "recarena.data.views.pairs_view",
     "positives": "recarena.data.views.positives_view",
     "triplets": "recarena.data.triplets.triplets_view",
+    "sweep": "recarena.data.views.sweep_view",
 }
 
 
@@ -61,6 +62,12 @@ def positives_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:
             f"no training rating reaches loss.positive_threshold={dm.positive_threshold}: lower it (or null)"
         )
     return _rows_view(dm, rows)
+
+
+def sweep_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:
+    """One example per epoch: a family that solves its objective exactly over the whole training matrix (iALS,
+    ``loss=als``) takes one sweep per example, so an epoch is one sweep, validated like any other epoch."""
+    return {"rows": torch.zeros(1, dtype=torch.long)}
 
 
 class ShuffledBatches:

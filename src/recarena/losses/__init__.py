@@ -1,6 +1,6 @@
 """Training objectives, chosen by ``loss=``. Each declares what it needs from a family (``Loss.needs``)."""
 
-from recarena.losses.base import Loss, NoLoss
+from recarena.losses.base import AlternatingLoss, Loss, NoLoss
 from recarena.losses.frequency import FrequencyQ, ItemFrequencyEstimator, StreamingQ
 from recarena.losses.pairwise import BPRLoss
 from recarena.losses.pointwise import MSELoss
@@ -11,6 +11,7 @@ from recarena.losses.sampled_softmax import (
 )
 
 __all__ = [
+    "AlternatingLoss",
     "BPRLoss",
     "FrequencyQ",
     "InBatchSoftmaxLoss",

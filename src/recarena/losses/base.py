@@ -23,6 +23,9 @@ class Loss(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset()
     #: Training view the datamodule serves for this loss (see ``recarena.data.views.VIEWS``).
     view: ClassVar[str] = "pairs"
+    #: Whether the family is trained by an optimiser on this loss's gradients (not fitted in closed form or by
+    #: exact sweeps): what the throughput benchmark's bare loop can step.
+    trains_by_gradient: ClassVar[bool] = True
 
     def __init__(
         self, monitor: str = "val/ndcg@10", monitor_mode: str = "max", positive_threshold: float | None = None
@@ -51,12 +54,27 @@ class Loss(nn.Module):
 
 
 class NoLoss(Loss):
-    """``loss=none``: the family is not trained by gradient descent (the popularity baseline)."""
+    """``loss=none``: the family is fitted, not trained (popularity counts, EASE's closed form, ItemKNN's
+    similarities): ``setup`` fits it and there are no epochs."""
 
     needs = frozenset({"no_training"})
+    trains_by_gradient = False
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise RuntimeError("loss=none trains nothing; it only fits families that need no training")
+
+
+class AlternatingLoss(Loss):
+    """``loss=als``: the family minimises its own objective exactly, one alternating sweep per epoch (iALS), with
+    no optimiser; the "loss" of an epoch is the family's objective after its sweep. Trains on the ``sweep`` view
+    (one example per epoch)."""
+
+    needs = frozenset({"alternating"})
+    view = "sweep"
+    trains_by_gradient = False
+
+    def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.sweep()
 
 
 class SeenPositives(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from torch.nn import functional as F
 
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.losses.base import Loss
@@ -147,10 +148,24 @@ class RecommenderModule(L.LightningModule):
             return self.embed_items(torch.arange(self.schema.n_items, device=self.device))
         return None
 
+    def similar_items(self, item: int) -> torch.Tensor | None:
+        """``(n_items,)`` how alike each movie is to ``item`` (``recarena similar``; higher = more alike), or None
+        when the family cannot say. Default: the cosine of :meth:`item_similarity_vectors`; neighbourhood families
+        (EASE, ItemKNN) override it with their own item-item weights."""
+        vectors = self.item_similarity_vectors()
+        if vectors is None:
+            return None
+        unit = F.normalize(vectors.detach().float(), dim=-1)  # (n_items, D)
+        return unit @ unit[item]
+
     @classmethod
     def compares_items(cls) -> bool:
-        """Whether :meth:`item_similarity_vectors` gives vectors: names the families ``similar`` works with."""
-        return "triplets" in cls.provides or cls.item_similarity_vectors is not RecommenderModule.item_similarity_vectors
+        """Whether :meth:`similar_items` answers: names the families ``similar`` works with."""
+        return (
+            "triplets" in cls.provides
+            or cls.item_similarity_vectors is not RecommenderModule.item_similarity_vectors
+            or cls.similar_items is not RecommenderModule.similar_items
+        )
 
     def predict_ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings clipped to the rating scale, for RMSE/MAE."""

@@ -63,25 +63,16 @@ from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encod
 from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
+from recarena.models.interactions import segments
 
 WEIGHTINGS = ("centred", "liked", "seed")
-
-
-def _segments(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSR rows ``rows`` (B,) laid end to end: (positions into the CSR arrays (E,), owning row (E,), counts (B,))."""
-    starts = indptr[rows]
-    counts = indptr[rows + 1] - starts
-    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)  # (E,)
-    first = torch.cumsum(counts, 0) - counts  # (B,) where each row starts in the output
-    positions = torch.arange(len(owner), device=rows.device) + (starts - first)[owner]
-    return positions, owner, counts
 
 
 def _profile_vectors(
     indptr: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, users: torch.Tensor, items: torch.Tensor
 ) -> torch.Tensor:
     """(B, D) unit vectors of CSR rows ``users``: sum_i w_ui items[i], normalised (a row without items stays 0)."""
-    positions, owner, _ = _segments(indptr, users)
+    positions, owner, _ = segments(indptr, users)
     weighted = weight[positions, None] * items[index[positions]]  # (E, D)
     sums = torch.zeros(len(users), items.shape[1], device=items.device).index_add_(0, owner, weighted)
     return F.normalize(sums, dim=-1)
@@ -193,7 +184,7 @@ class Siamese(RecommenderModule):
         """L2-normalised item embeddings, (N,) -> (N, out_dim)."""
         if self.first is None:  # before setup() has read the data: nothing to embed yet
             return torch.zeros(len(items), self.widths[-1], device=self.device)
-        positions, _, counts = _segments(self.desc_indptr, items)
+        positions, _, counts = segments(self.desc_indptr, items)
         offsets = torch.cumsum(counts, 0) - counts  # (N,) bag starts
         return self.embed_descriptors(self.desc_index[positions], offsets, items)
 
