@@ -236,15 +236,18 @@ def report_dir(settings: Settings, family: str, seed: int) -> Path:
 
 
 def run_reports(settings: Settings, family: str, by_seed: dict[int, Search]) -> None:
-    """Train the chosen settings on every report seed not yet finished and test each once."""
+    """Train the chosen settings on every report seed not yet finished and test each once: one multirun per set
+    of chosen settings (one for all seeds when they share a search), through the configured launcher."""
+    pending: dict[tuple[str, ...], list[int]] = {}
     for seed in settings.report_seeds:
-        run_dir = report_dir(settings, family, seed)
-        if is_finished(run_dir):
-            continue
-        log.info("report run %s seed %d", family, seed)
-        command = [f"family={family}", f"seed={seed}", *best_overrides(settings, by_seed[seed]), "test=true",
-                   f"hydra.run.dir={run_dir}", *settings.run_overrides()]  # fmt: skip
-        run_train(command, run_dir.parent / f"seed-{seed}.log")
+        if not is_finished(report_dir(settings, family, seed)):
+            pending.setdefault(tuple(best_overrides(settings, by_seed[seed])), []).append(seed)
+    for chosen, seeds in pending.items():
+        log.info("report runs of %s: seeds %s", family, ", ".join(map(str, seeds)))
+        command = ["-m", f"family={family}", f"seed={','.join(map(str, seeds))}", *chosen, "test=true",
+                   f"hydra.sweep.dir={settings.out / 'report' / family}", "hydra.sweep.subdir=seed-${seed}",
+                   *settings.run_overrides()]  # fmt: skip
+        run_train(command, settings.out / "report" / family / f"seeds-{'-'.join(map(str, seeds))}.log")
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -365,7 +368,12 @@ def benchmark(settings: Settings) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[benchmark] %(message)s")
+    if not log.handlers:  # progress lines of this command only (not every library's INFO)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[benchmark] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     with exit_on_user_error():
         settings = parse_args(sys.argv[1:] if argv is None else argv)
         check_settings(settings)
