@@ -15,6 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+#: eval.test_known: what a model may know at test time.
+TEST_KNOWN = ("train", "train+val")
+
+
 class ConfigError(ValueError):
     """An option or a combination of options that cannot work; the message says which and what to use."""
 
@@ -99,6 +103,8 @@ def check_eval(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.ks must be a non-empty list of positive cut-offs, got {ks}.")
     if int(cfg.batch_size) <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}.")
+    if str(cfg.eval.get("test_known", "train")) not in TEST_KNOWN:
+        raise ConfigError(f"eval.test_known must be one of {', '.join(TEST_KNOWN)}, got {cfg.eval.test_known!r}.")
     max_users = cfg.eval.get("max_users")
     if max_users is not None and (not isinstance(max_users, int) or max_users < 1):
         raise ConfigError(f"eval.max_users must be a positive integer or null (all users), got {max_users!r}.")

@@ -6,6 +6,7 @@ configs composed through Hydra's compose API.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import platform
@@ -21,10 +22,10 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import atomic_file
-from recarena.checks import check_config, option_name
+from recarena.checks import ConfigError, check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.report import config_key
@@ -68,6 +69,7 @@ def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | Non
         positive_threshold=positive_threshold,
         view_options=OmegaConf.to_container(cfg.model, resolve=True),
         max_eval_users=cfg.eval.get("max_users"),
+        test_known=str(cfg.eval.get("test_known", "train")),
     )
 
 
@@ -130,7 +132,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
 
     test_metrics: dict[str, float] = {}
     eval_started = time.perf_counter()
-    if cfg.get("test", True):
+    refit = refits_for_test(cfg, model)
+    if cfg.get("test", True) and refit:
+        test_metrics = _refit_and_test(cfg, dm, output_dir, best_path)
+    elif cfg.get("test", True):
         ckpt = best_path if (model.trainable and best_path) else None
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=False)
         test_metrics = _metrics_with_prefix(trainer, "test/")
@@ -146,6 +151,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "overrides": _task_overrides(),
         "config_key": config_key(_task_overrides()),
         "monitor": str(cfg.eval.monitor),
+        # What the model could know at test time (eval.test_known) and, for families whose users are learnt ids
+        # under train+val, the epochs of the retraining on train + validation that was tested.
+        "test_known": str(cfg.eval.get("test_known", "train")),
+        "test_refit_epochs": _checkpoint_epochs(best_path) if refit and best_path else None,
         "monitor_mode": str(cfg.eval.monitor_mode),
         "val": val_metrics,
         "test": test_metrics,
@@ -174,6 +183,44 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         if cfg.get("verbose", True):
             print_metrics(result)
     return result
+
+
+def refits_for_test(cfg: DictConfig, model: L.LightningModule) -> bool:
+    """Whether the test needs a retrained model: ``eval.test_known=train+val`` and a family whose users are ids
+    learnt by gradient (``test_inputs == "refit"``: it cannot read validation ratings any other way)."""
+    return str(cfg.eval.get("test_known", "train")) == "train+val" and model.trainable and model.test_inputs == "refit"
+
+
+def _refit_and_test(cfg: DictConfig, dm: MovieLensDataModule, output_dir: Path, best_path: str | None) -> dict[str, float]:
+    """Retrain the configuration on train + validation for the epochs of the validation-best checkpoint, with no
+    validation, early stopping or checkpoint selection, and test it. Its weights are saved as
+    ``checkpoints/refit.ckpt`` (``best.ckpt`` stays the model trained on the training ratings)."""
+    if not best_path:
+        raise ConfigError("eval.test_known=train+val retrains for the best checkpoint's epochs: keep "
+                          "callbacks.model_checkpoint (it is off).")  # fmt: skip
+    refit_cfg = copy.deepcopy(cfg)
+    with open_dict(refit_cfg):
+        refit_cfg.trainer.max_epochs = _checkpoint_epochs(best_path)
+        refit_cfg.trainer.limit_val_batches = 0
+        refit_cfg.trainer.enable_checkpointing = False
+        refit_cfg.callbacks.early_stopping = None
+        refit_cfg.callbacks.model_checkpoint = None
+        refit_cfg.logger = None
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    loss = instantiate(refit_cfg.loss)
+    refit_dm = build_datamodule(refit_cfg, loss.view, loss.positive_threshold)
+    refit_dm.use(dm.corpus, dm.refit_split())
+    model = build_model(refit_cfg, refit_dm)
+    trainer = build_trainer(refit_cfg, output_dir, EpochTimer())
+    trainer.fit(model, datamodule=refit_dm)
+    trainer.save_checkpoint(output_dir / "checkpoints" / "refit.ckpt")
+    trainer.test(model, datamodule=refit_dm, verbose=False)
+    return _metrics_with_prefix(trainer, "test/")
+
+
+def _checkpoint_epochs(path: str) -> int:
+    """Epochs trained up to a Lightning checkpoint (it records the 0-based epoch it was saved in)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"]) + 1
 
 
 def _use_saved_run(cfg: DictConfig, trainer: L.Trainer, output_dir: Path, family: type) -> None:

@@ -55,6 +55,8 @@ class MovieLensDataModule(L.LightningDataModule):
         max_eval_users: score a seeded random sample of this many users in validation and test (``eval.max_users``;
             None = every user with a held-out rating). The sample depends on the split and seed only, so every
             family of one sweep is scored on the same users.
+        test_known: what a model may know at test time (``eval.test_known``): ``train`` (the training ratings,
+            plus held-out users' known ones) or ``train+val`` (also the validation ratings).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class MovieLensDataModule(L.LightningDataModule):
         positive_threshold: float | None = None,
         view_options: Mapping[str, Any] | None = None,
         max_eval_users: int | None = None,
+        test_known: str = "train",
     ) -> None:
         super().__init__()
+        self.test_known = test_known
         self.max_eval_users = max_eval_users
         self.view_options = dict(view_options or {})
         self.build_view = view_builder(view)
@@ -141,6 +145,22 @@ class MovieLensDataModule(L.LightningDataModule):
             max_users=self.max_eval_users,
             seed=self.seed,
         )
+
+    @property
+    def test_input_rows(self) -> np.ndarray:
+        """Corpus rows a model may read users from at test time (``test_known``): training and known ratings,
+        plus validation ratings under ``train+val``."""
+        parts = [self.split.train, self.split.known]
+        if self.test_known == "train+val":
+            parts.append(self.split.val)
+        return np.sort(np.concatenate(parts))
+
+    def refit_split(self) -> Split:
+        """The split with validation merged into training and no validation left: what a family whose users are
+        learnt ids is retrained on under ``test_known=train+val``. Test rows are unchanged."""
+        s = self.split
+        merged = np.sort(np.concatenate([s.train, s.val]))
+        return Split(s.name, merged, s.val[:0], s.test, s.known, f"{s.fingerprint}+val", s.val_users_cold)
 
     # ------------------------------------------------------------------ loaders
     @property

@@ -58,6 +58,12 @@ class RecommenderModule(L.LightningModule):
     provides: ClassVar[frozenset[str]] = frozenset()
     #: The family needs every evaluated user to have an id seen in training (refuses split=users).
     needs_user_ids: ClassVar[bool] = True
+    #: What the family does at test time with ratings it did not train on (``eval.test_known=train+val``): "read"
+    #: -- it reads users (or refits itself) from the ratings given (:meth:`read_inputs`): fitted families,
+    #: families that build users from their ratings, iALS by folding users in; "refit" -- its users are ids
+    #: learnt by gradient, so :mod:`recarena.run` retrains it on train + validation for the validation-best
+    #: number of epochs.
+    test_inputs: ClassVar[str] = "refit"
 
     def __init__(
         self,
@@ -199,6 +205,17 @@ class RecommenderModule(L.LightningModule):
 
     def on_popularity(self, popularity: torch.Tensor) -> None:
         """Hook for families that use training popularity (the popularity baseline)."""
+
+    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
+        """Families with ``test_inputs = "read"``: from now on, read users from the corpus ``rows`` (training,
+        known and validation ratings under ``eval.test_known=train+val``) instead of the training ones."""
+        raise NotImplementedError(f"{type(self).__name__} declares test_inputs={self.test_inputs!r}")
+
+    def on_test_start(self) -> None:
+        """After the best checkpoint is loaded: a "read" family takes the ratings the test may know."""
+        dm = self.trainer.datamodule
+        if getattr(dm, "test_known", "train") != "train" and self.test_inputs == "read":
+            self.read_inputs(dm.corpus, dm.split, dm.test_input_rows)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batches: list[dict[str, torch.Tensor]], batch_idx: int) -> None:

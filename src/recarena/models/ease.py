@@ -58,6 +58,7 @@ class EASE(RecommenderModule):
 
     provides = frozenset({"no_training"})
     needs_user_ids = False  # a user is their liked items: held-out users of split=users are scored too
+    test_inputs = "read"
 
     def __init__(
         self,
@@ -86,10 +87,17 @@ class EASE(RecommenderModule):
 
     def attach(self, dm: Any) -> None:
         super().attach(dm)
-        device = fit_device(self)
-        x = binary(positives_matrix(dm.corpus, model_input_rows(dm.split), self.positive_threshold))
+        self.fit(dm.corpus, model_input_rows(dm.split), fit_device(self))
+
+    def fit(self, corpus: Any, rows: Any, device: torch.device | str) -> None:
+        """The closed form over the liked ratings among the corpus ``rows``."""
+        x = binary(positives_matrix(corpus, rows, self.positive_threshold))
         self.history.set(x, device)
         self.weights = ease_weights(x, self.l2, device)
+
+    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
+        """Refit on every rating the test may know (a closed form: as cheap as the first fit)."""
+        self.fit(corpus, rows, self.weights.device)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.history.dense(users) @ self.weights  # (B, n_items) @ (n_items, n_items)

@@ -123,6 +123,7 @@ class IALS(RecommenderModule):
     """
 
     provides = frozenset({"alternating"})
+    test_inputs = "read"  # folds users in from the ratings given
 
     def __init__(
         self,
@@ -186,6 +187,13 @@ class IALS(RecommenderModule):
                 (self.l2 * (counts + self.unobserved * rows.n_cols) ** self.l2_exponent).float(),
             )
             self._batches[side] = row_batches(rows.counts.cpu().numpy(), self.dim)
+
+    def read_inputs(self, corpus: Any, split: Any, rows: np.ndarray) -> None:
+        """Fold users in: with the item vectors fixed, each user's vector is solved exactly from every liked
+        rating the test may know (one half-sweep; Rendle et al.'s iALS for new histories)."""
+        self.attach_matrix(positives_matrix(corpus, rows, self.positive_threshold), self.item_factors.device)
+        self.user_factors = solve_rows(self.by_user, self.user_quad, self.item_factors, self.unobserved,
+                                       self.user_l2, self._batches["user"])  # fmt: skip
 
     def _confidence(self, liked: sp.csr_matrix) -> sp.csr_matrix:
         """The liked pairs with their confidence ``c_ui`` as values."""

@@ -91,6 +91,7 @@ class ItemKNN(RecommenderModule):
 
     provides = frozenset({"no_training"})
     needs_user_ids = False  # a user is their liked items: held-out users of split=users are scored too
+    test_inputs = "read"
 
     def __init__(
         self,
@@ -116,10 +117,17 @@ class ItemKNN(RecommenderModule):
 
     def attach(self, dm: Any) -> None:
         super().attach(dm)
-        device = fit_device(self)
-        x = binary(positives_matrix(dm.corpus, model_input_rows(dm.split), self.positive_threshold))
+        self.fit(dm.corpus, model_input_rows(dm.split), fit_device(self))
+
+    def fit(self, corpus: Any, rows: Any, device: torch.device | str) -> None:
+        """Neighbours over the liked ratings among the corpus ``rows``."""
+        x = binary(positives_matrix(corpus, rows, self.positive_threshold))
         self.history.set(x, device)
         self.neighbours.set(neighbour_weights(x, self.k, self.shrink, self.alpha), device)
+
+    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
+        """Refit on every rating the test may know (as cheap as the first fit)."""
+        self.fit(corpus, rows, self.history.indptr.device)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         liked = self.history.dense(users)  # (B, n_items)

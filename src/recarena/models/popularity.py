@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from recarena.losses.base import Loss
@@ -20,6 +21,11 @@ class Popularity(RecommenderModule):
 
     provides = frozenset({"no_training"})
     needs_user_ids = False  # the same list for everyone: held-out users are fine
+    test_inputs = "read"  # counts every rating the test may know
+
+    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
+        counts = np.bincount(corpus.items[rows], minlength=self.schema.n_items)
+        self.popularity.copy_(torch.as_tensor(counts, dtype=torch.float32))
 
     def __init__(self, schema: Schema | dict[str, Any], loss: Loss, **kwargs: Any) -> None:
         super().__init__(schema, loss, **kwargs)

@@ -104,6 +104,7 @@ class Siamese(RecommenderModule):
 
     provides = frozenset({"triplets"})
     needs_user_ids = False  # a user is built from their rated items, including held-out users' known ratings
+    test_inputs = "read"  # users are weighted means of their rated items
 
     def __init__(
         self,
@@ -314,6 +315,10 @@ class Siamese(RecommenderModule):
         # mines (~40 s at 25M ratings).
         self._heldout_source = (dm, x, vectors)
         self.heldout, self.descriptor_auc = None, None
+
+    def read_inputs(self, corpus: Corpus, split: Any, rows: np.ndarray) -> None:
+        """Users become the weighted means over every rating the test may know (the item encoder is unchanged)."""
+        self._set_csr("prof", *self.user_profiles(corpus, rows))
 
     def _heldout_triplets(self) -> torch.Tensor:
         """(H, 3) held-out triplets of the attached data, and the raw-descriptor AUC on them (computed once)."""

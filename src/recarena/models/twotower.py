@@ -86,6 +86,7 @@ class TwoTower(RecommenderModule):
 
     provides = frozenset({"ratings", "scores", "embeddings"})
     needs_user_ids = False
+    test_inputs = "read"  # users are built from their ratings
 
     def __init__(
         self,
@@ -142,6 +143,13 @@ class TwoTower(RecommenderModule):
             return
         self.build_features(dm.corpus, dm.split)
         self._features_for = dm.split.fingerprint
+
+    def read_inputs(self, corpus: Any, split: Any, rows: np.ndarray) -> None:
+        """Users' contexts end after every rating the test may know (statistics stay the training ones)."""
+        extra = np.setdiff1d(rows, split.train)  # known + validation rows
+        arrays = build_context_arrays(corpus, split.train, extra, self.context_items, self.history_threshold)
+        self.lookup.load(arrays)
+        self._features_for = None  # a later attach() rebuilds the training tables
 
     def build_features(self, corpus: Any, split: Any) -> None:
         """Contexts from the split's training rows (+ known rows of held-out users); item side features."""
