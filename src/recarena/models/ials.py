@@ -17,7 +17,7 @@ system
 
 and symmetrically for the items. One *sweep* solves all users exactly, then all items: a block-coordinate descent
 whose objective never increases. The systems are built and solved in batches (rows of similar length padded
-together, one ``bmm`` and one batched ``torch.linalg.solve`` per batch, on the run's device); no Python loop
+together, one ``bmm`` and one batched Cholesky solve per batch, on the run's device); no Python loop
 over users or items. Lightning runs one sweep per epoch, validating after each, with early stopping and
 checkpoints as for every family (``loss=als``: the family solves its own objective, no optimiser).
 
@@ -44,21 +44,21 @@ MAX_BATCH_FLOATS = 2**25
 CONFIDENCES = ("binary", "rating")
 
 
-def row_batches(counts: np.ndarray, dim: int, max_floats: int = MAX_BATCH_FLOATS) -> list[np.ndarray]:
-    """Rows grouped for batched solves: sorted by their number of entries, each batch the longest run of rows
-    whose padded neighbour block (rows x longest row x dim) and systems (rows x dim²) fit in ``max_floats``."""
+def row_batches(
+    counts: np.ndarray, dim: int, max_floats: int = MAX_BATCH_FLOATS, growth: float = 1.25
+) -> list[np.ndarray]:
+    """Rows grouped for batched solves: rows whose numbers of entries differ by less than a factor ``growth`` share
+    a bucket (so padding to a batch's longest row wastes under 25%), and each bucket is cut into batches whose
+    padded neighbour block (rows x longest row x dim) and systems (rows x dim²) fit in ``max_floats``."""
     order = np.argsort(counts, kind="stable")
     lengths = np.maximum(counts[order], 1)
+    bucket = np.floor(np.log(lengths) / np.log(growth)).astype(np.int64)
+    edges = np.flatnonzero(np.diff(bucket)) + 1  # where the sorted lengths enter a new bucket
     max_rows = max(1, max_floats // (dim * dim))
-    batches, start = [], 0
-    while start < len(order):
-        padded = (
-            np.arange(1, len(order) - start + 1) * lengths[start:] * dim
-        )  # floats if the batch ended here
-        stop = start + max(1, int(np.searchsorted(padded, max_floats, side="right")))
-        stop = min(stop, start + max_rows)
-        batches.append(order[start:stop])
-        start = stop
+    batches = []
+    for start, stop in zip(np.r_[0, edges], np.r_[edges, len(order)], strict=True):
+        rows = max(1, min(max_rows, max_floats // (int(lengths[stop - 1]) * dim)))
+        batches.extend(order[first : min(first + rows, stop)] for first in range(start, stop, rows))
     return batches
 
 
@@ -103,7 +103,8 @@ def solve_rows(
             conf = a = torch.zeros(len(rows), length, device=other.device, dtype=other.dtype)
         lhs = torch.bmm(vectors.transpose(1, 2) * a[:, None, :], vectors) + gram + l2[rows, None, None] * eye
         rhs = torch.bmm(vectors.transpose(1, 2), conf[..., None])  # (R, dim, 1)
-        out[rows] = torch.linalg.solve(lhs, rhs).squeeze(-1)
+        factor, _ = torch.linalg.cholesky_ex(lhs)  # lhs is symmetric positive definite (λ_r > 0)
+        out[rows] = torch.cholesky_solve(rhs, factor).squeeze(-1)
     return out
 
 
