@@ -27,8 +27,8 @@ class BPRLoss(Loss):
     the items u has *not* picked; a plain uniform draw hits one of u's positives with probability
     |positives of u| / n_items (6% on average on ML-100K, far more for heavy users, and those collisions are
     mostly popular items, so they push popular positives down). ``exclude_seen=true`` restores Rendle's sampling
-    by redrawing the collisions in a few vectorised rounds (+0.02 test NDCG@10 for MF under RecBole's ML-100K
-    protocol). The gradient w.r.t. the score gap is -σ(-(s_i - s_j)): large while the pair is mis-ordered,
+    by redrawing the collisions in a few vectorised rounds (MF under RecBole's ML-100K protocol,
+    ``experiment=mf_bpr_recbole`` seed 42: validation NDCG@10 0.266 with it, 0.249 without). The gradient w.r.t. the score gap is -σ(-(s_i - s_j)): large while the pair is mis-ordered,
     vanishing once the positive leads.
 
     Args:

@@ -30,8 +30,8 @@ import torch
 
 from recarena.checks import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
-from recarena.models.interactions import SparseRows, binary, fit_device, model_input_rows, positives_matrix
+from recarena.models.base import Schema
+from recarena.models.interactions import LikedItemsModel
 
 
 def ease_weights(x: sp.csr_matrix, l2: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -46,19 +46,15 @@ def ease_weights(x: sp.csr_matrix, l2: float, device: torch.device | str = "cpu"
     return weights
 
 
-class EASE(RecommenderModule):
+class EASE(LikedItemsModel):
     """EASE over the liked items of each user.
 
     Args:
-        l2: λ, the L2 penalty on ``B`` (Steck 2019 tunes it on validation; hundreds on MovieLens).
+        l2: λ, the L2 penalty on ``B`` (Steck 2019 tunes it on validation; hundreds to thousands on MovieLens).
         positive_threshold: a rating >= this is a liked item (None = every rated item).
         max_items: the largest catalogue accepted (``B`` is dense: ``n_items²`` floats).
         **kwargs: see :class:`RecommenderModule`.
     """
-
-    provides = frozenset({"no_training"})
-    needs_user_ids = False  # a user is their liked items: held-out users of split=users are scored too
-    test_inputs = "read"
 
     def __init__(
         self,
@@ -69,7 +65,7 @@ class EASE(RecommenderModule):
         max_items: int = 30_000,
         **kwargs: Any,
     ) -> None:
-        super().__init__(schema, loss, **kwargs)
+        super().__init__(schema, loss, positive_threshold, **kwargs)
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         n_items = self.schema.n_items
         if n_items > int(max_items):
@@ -81,23 +77,10 @@ class EASE(RecommenderModule):
         if float(l2) <= 0:
             raise ConfigError(f"model.l2 must be positive for EASE (XᵀX alone is singular), got {l2}.")
         self.l2 = float(l2)
-        self.positive_threshold = positive_threshold
-        self.history = SparseRows(self.schema.n_users, n_items)
         self.register_buffer("weights", torch.zeros(n_items, n_items), persistent=False)
 
-    def attach(self, dm: Any) -> None:
-        super().attach(dm)
-        self.fit(dm.corpus, model_input_rows(dm.split), fit_device(self))
-
-    def fit(self, corpus: Any, rows: Any, device: torch.device | str) -> None:
-        """The closed form over the liked ratings among the corpus ``rows``."""
-        x = binary(positives_matrix(corpus, rows, self.positive_threshold))
-        self.history.set(x, device)
+    def fit_items(self, x: sp.csr_matrix, device: torch.device | str) -> None:
         self.weights = ease_weights(x, self.l2, device)
-
-    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
-        """Refit on every rating the test may know (a closed form: as cheap as the first fit)."""
-        self.fit(corpus, rows, self.weights.device)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.history.dense(users) @ self.weights  # (B, n_items) @ (n_items, n_items)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from recarena.data.corpus import Corpus
+from recarena.losses.base import Loss
+from recarena.models.base import RecommenderModule, Schema
 
 
 def segments(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,3 +115,39 @@ def fit_device(module: nn.Module) -> torch.device:
     if trainer is not None:
         return trainer.strategy.root_device
     return next(iter(module.buffers()), torch.zeros(0)).device
+
+
+class LikedItemsModel(RecommenderModule):
+    """A family fitted, not trained, on the binary matrix ``X`` of each user's liked items, scoring a user from their
+    row of ``X`` (EASE, ItemKNN). Fitted in ``setup`` (no epochs); a user is their liked items, so held-out users
+    of ``split=users`` are scored too, and under ``eval.test_known=train+val`` it refits on every rating the test
+    may know (as cheap as the first fit). Subclasses implement :meth:`fit_items` and call
+    ``save_hyperparameters`` themselves (Lightning reads the subclass's arguments)."""
+
+    provides = frozenset({"no_training"})
+    needs_user_ids = False
+    test_inputs = "read"
+
+    def __init__(
+        self, schema: Schema | dict[str, Any], loss: Loss, positive_threshold: float | None = 4.0, **kwargs: Any
+    ) -> None:
+        super().__init__(schema, loss, **kwargs)
+        self.positive_threshold = positive_threshold
+        self.history = SparseRows(self.schema.n_users, self.schema.n_items)  # X, the users' liked items
+
+    def attach(self, dm: Any) -> None:
+        super().attach(dm)
+        self.fit(dm.corpus, model_input_rows(dm.split), fit_device(self))
+
+    def read_inputs(self, corpus: Corpus, split: Any, rows: np.ndarray) -> None:
+        self.fit(corpus, rows, self.history.indptr.device)
+
+    def fit(self, corpus: Corpus, rows: np.ndarray, device: torch.device | str) -> None:
+        """Fit on the liked ratings among the corpus ``rows``."""
+        x = binary(positives_matrix(corpus, rows, self.positive_threshold))
+        self.history.set(x, device)
+        self.fit_items(x, device)
+
+    def fit_items(self, x: sp.csr_matrix, device: torch.device | str) -> None:
+        """The item-side model from the binary users x items matrix ``x``."""
+        raise NotImplementedError

@@ -31,14 +31,8 @@ import torch
 
 from recarena.checks import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
-from recarena.models.interactions import (
-    SparseRows,
-    binary,
-    fit_device,
-    model_input_rows,
-    positives_matrix,
-)
+from recarena.models.base import Schema
+from recarena.models.interactions import LikedItemsModel, SparseRows
 
 #: Co-count cells computed at once (a chunk of target items x the catalogue): bounds the fit's memory.
 MAX_CHUNK_CELLS = 2**24
@@ -78,7 +72,7 @@ def neighbour_weights(x: sp.csr_matrix, k: int, shrink: float = 0.0, alpha: floa
     return sp.csr_matrix((np.asarray(weights, np.float32), (rows, cols)), shape=(n_items, n_items))
 
 
-class ItemKNN(RecommenderModule):
+class ItemKNN(LikedItemsModel):
     """Item-item neighbourhood model over the liked items of each user.
 
     Args:
@@ -88,10 +82,6 @@ class ItemKNN(RecommenderModule):
         positive_threshold: a rating >= this is a liked item (None = every rated item).
         **kwargs: see :class:`RecommenderModule`.
     """
-
-    provides = frozenset({"no_training"})
-    needs_user_ids = False  # a user is their liked items: held-out users of split=users are scored too
-    test_inputs = "read"
 
     def __init__(
         self,
@@ -103,7 +93,7 @@ class ItemKNN(RecommenderModule):
         positive_threshold: float | None = 4.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(schema, loss, **kwargs)
+        super().__init__(schema, loss, positive_threshold, **kwargs)
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         if int(k) < 1 or float(shrink) < 0 or not 0.0 <= float(alpha) <= 1.0:
             raise ConfigError(
@@ -111,33 +101,18 @@ class ItemKNN(RecommenderModule):
                 f"shrink={shrink}, alpha={alpha}."
             )
         self.k, self.shrink, self.alpha = int(k), float(shrink), float(alpha)
-        self.positive_threshold = positive_threshold
-        self.history = SparseRows(self.schema.n_users, self.schema.n_items)
         self.neighbours = SparseRows(self.schema.n_items, self.schema.n_items)  # S, row = target item
 
-    def attach(self, dm: Any) -> None:
-        super().attach(dm)
-        self.fit(dm.corpus, model_input_rows(dm.split), fit_device(self))
-
-    def fit(self, corpus: Any, rows: Any, device: torch.device | str) -> None:
-        """Neighbours over the liked ratings among the corpus ``rows``."""
-        x = binary(positives_matrix(corpus, rows, self.positive_threshold))
-        self.history.set(x, device)
+    def fit_items(self, x: sp.csr_matrix, device: torch.device | str) -> None:
         self.neighbours.set(neighbour_weights(x, self.k, self.shrink, self.alpha), device)
-
-    def read_inputs(self, corpus: Any, split: Any, rows: Any) -> None:
-        """Refit on every rating the test may know (as cheap as the first fit)."""
-        self.fit(corpus, rows, self.history.indptr.device)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         liked = self.history.dense(users)  # (B, n_items)
-        return torch.sparse.mm(
-            self.neighbours.to_torch_sparse(), liked.T
-        ).T  # (X Sᵀ)_u = (S X_uᵀ)ᵀ, (B, n_items)
+        return torch.sparse.mm(self.neighbours.to_torch_sparse(), liked.T).T  # (X Sᵀ)_u = (S X_uᵀ)ᵀ, (B, n_items)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (self.history.dense(users) * self.neighbours.dense(items)).sum(-1)  # (N,)
 
     def similar_items(self, item: int) -> torch.Tensor:
         """``(n_items,)`` the item's neighbour weights ``s(item <- j)`` (zero outside its ``k`` neighbours)."""
-        return self.neighbours.dense(torch.tensor([item]))[0]
+        return self.neighbours.dense(torch.tensor([item], device=self.neighbours.indptr.device))[0]
