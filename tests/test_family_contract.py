@@ -105,3 +105,24 @@ def test_trained_run_dir_loads_and_recommends(tmp_path: Path, data_cache: Path, 
     user = int(run.corpus.user_ids[run.corpus.users[run.split.train][0]])
     frame = run.recommend(user=user, k=5)
     assert len(frame) == 5 and frame["score"].is_monotonic_decreasing
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_declared_capabilities_answer(built, model_name: str) -> None:
+    """What a family declares in ``provides`` is what the commands rely on: each declared call answers, and the
+    exported vectors compared by the loss give the family's own scores."""
+    _, dm, model = built(model_name)
+    provides, n_items = type(model).provides, dm.schema.n_items
+    model.eval()
+    with torch.no_grad():
+        vectors = model.item_similarity_vectors()
+        assert (vectors is not None and vectors.shape[0] == n_items) == ("item_vectors" in provides)
+        if "similar_items" in provides:
+            assert model.similar_items(0).shape == (n_items,)
+        if "item_biases" in provides:
+            assert model.item_biases().shape == (n_items,)
+        if "export" in provides:
+            users = torch.arange(min(dm.schema.n_users, 8))
+            exported = model.loss_fn.compare(model.user_embeddings(users), model.item_embeddings())
+            torch.testing.assert_close(exported, model.score_all(users), rtol=1e-4, atol=1e-5)
+    assert ("made_up_users" in provides) <= (not model.needs_user_ids)  # a made-up user has no id

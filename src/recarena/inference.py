@@ -114,12 +114,12 @@ def _as_list(values: Any) -> list[Any]:
 
 def scores_made_up_users(family: type[RecommenderModule]) -> bool:
     """Whether a family builds a user from ratings alone (``needs_user_ids`` False): it can score a made-up one."""
-    return not family.needs_user_ids and callable(getattr(family, "score_rated", None))
+    return "made_up_users" in family.provides
 
 
 def searches_keywords(family: type[RecommenderModule]) -> bool:
     """Whether a family encodes descriptor bags as items (``run.search``)."""
-    return callable(getattr(family, "embed_descriptors", None))
+    return "keyword_search" in family.provides
 
 
 def families_that(can: Callable[[type[RecommenderModule]], bool]) -> str:

@@ -99,7 +99,7 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------- explain
 def has_item_biases(cls: type) -> bool:
     """Whether a family offers item biases (an ``item_biases()`` method), for `explain` and its messages."""
-    return callable(getattr(cls, "item_biases", None))
+    return "item_biases" in cls.provides
 
 
 def item_biases(model: Any) -> torch.Tensor | None:
@@ -167,7 +167,7 @@ def item_pca(run: Run, min_ratings: int = 20) -> tuple[pd.DataFrame, np.ndarray]
     with torch.no_grad():
         vectors = run.model.item_similarity_vectors()
     if vectors is None:
-        able = families_that(lambda cls: cls.compares_items())
+        able = families_that(lambda cls: "item_vectors" in cls.provides)
         raise RunError(f"model={run.family} has no item vectors to explain; explain works with runs of {able}")
     kept = _frequent(run, min_ratings, "a PCA", at_least=3)
     x = vectors.detach().double().cpu().numpy()[kept]
@@ -228,19 +228,15 @@ def explain(
 # ----------------------------------------------------------------------------------------------- export
 def exports_embeddings(cls: type) -> bool:
     """Whether a family has user and item embeddings to export (``recarena export``, the serving path)."""
-    return callable(getattr(cls, "user_embeddings", None)) and callable(getattr(cls, "item_embeddings", None))
+    return "export" in cls.provides
 
 
 def vector_similarity(loss: Any) -> str:
-    """``"dot"`` or ``"cosine"``: how the run's loss compares user and item vectors (``Loss.compare``, which
-    ``score_all`` ranks by). Found by asking ``compare`` about two vectors whose dot product (50) and cosine (1)
-    differ, so a loss needs no attribute to say it."""
-    users, items = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
-    got = loss.compare(users, items)
-    for name, expected in (("dot", [[50.0, -8.0]]), ("cosine", [[1.0, -0.8]])):
-        if torch.allclose(got, torch.tensor(expected), atol=1e-5):
-            return name
-    raise RunError(f"loss {type(loss).__name__} compares vectors by neither dot product nor cosine: cannot export")
+    """``"dot"`` or ``"cosine"``: how the run's loss compares user and item vectors (its declared
+    ``Loss.similarity``, which ``Loss.compare`` and so ``score_all`` rank by)."""
+    if loss.similarity not in ("dot", "cosine"):
+        raise RunError(f"loss {type(loss).__name__} compares vectors by {loss.similarity!r}: cannot export")
+    return str(loss.similarity)
 
 
 def _vector_table(ids: pd.DataFrame, vectors: np.ndarray) -> Any:

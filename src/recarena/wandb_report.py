@@ -88,7 +88,7 @@ def log_run_report(cfg: DictConfig, trainer: Any, run: Run) -> None:
     try:
         recs = sample_recommendations(run, settings.get("wandb_users", 5), int(settings.get("wandb_k", 10)))
         entries["recommendations"] = _table(recs)
-        if type(run.model).compares_items():  # families with item vectors (not popularity)
+        if "item_vectors" in type(run.model).provides:  # families with item vectors (not popularity, EASE, ItemKNN)
             pca = explain(run, min_ratings=int(settings.get("pca_min_ratings", 20)))["pca"]
             entries["item_pca"] = wandb.Image(str(pca), caption=f"PCA of the item vectors of model={run.family}")
     except RunError as err:  # e.g. fewer than three movies with enough ratings for a PCA

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
@@ -23,6 +24,8 @@ class Loss(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset()
     #: Training view the datamodule serves for this loss (see ``recarena.data.views.VIEWS``).
     view: ClassVar[str] = "pairs"
+    #: How ``compare`` scores a user vector against an item vector: "dot" or "cosine" (``recarena export`` says it).
+    similarity: str = "dot"
     #: Whether the family is trained by an optimiser on this loss's gradients (not fitted in closed form or by
     #: exact sweeps): what the throughput benchmark's bare loop can step.
     trains_by_gradient: ClassVar[bool] = True
@@ -45,8 +48,10 @@ class Loss(nn.Module):
 
         Embedding families rank the catalogue with it, so evaluation ranks by the similarity training optimised
         (a model trained on cosine similarities is ranked by cosine, not by raw dot products that favour long
-        item vectors). Default: the dot product.
+        item vectors): ``similarity`` says which.
         """
+        if self.similarity == "cosine":
+            users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users @ items.T
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:

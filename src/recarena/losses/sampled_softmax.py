@@ -100,12 +100,6 @@ class InBatchSoftmaxLoss(Loss):
             logits = logits.masked_fill(self.seen_mask(batch["users"], columns, labels), float("-inf"))
         return logits, labels, columns
 
-    def compare(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Cosine (vectors L2-normalised first) or dot similarity, ``(B, D), (N, D) -> (B, N)``."""
-        if self.similarity == "cosine":
-            users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
-        return users @ items.T
-
     def seen_mask(self, users: torch.Tensor, columns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` True where column c is a training positive of row r's user and not row r's label."""
         seen = self.seen.contains(users[:, None], columns[None, :])  # (B, C)

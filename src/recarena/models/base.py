@@ -54,7 +54,16 @@ class RecommenderModule(L.LightningModule):
     #:   "scores"      -- ``score(batch, items)``: ranking score of each row's user for one item per row;
     #:   "embeddings"  -- ``user_vectors(batch)`` / ``item_vectors(items)``, whose dot product is ``score``;
     #:   "triplets"    -- ``embed_items(items)`` trained on (anchor, positive, negative) item triplets;
-    #:   "no_training" -- nothing to fit (the popularity baseline).
+    #:   "no_training" -- fitted in setup, no epochs (popularity, EASE, ItemKNN);
+    #:   "alternating" -- ``sweep()``: exact alternating solves, one per epoch (iALS, ``loss=als``).
+    #: and what a trained run offers (``recarena`` commands and the API read these, never probe methods):
+    #:   "item_vectors"   -- ``item_similarity_vectors()``: item vectors (PCA in ``explain`` and W&B, cosine similar);
+    #:   "similar_items"  -- ``similar_items(item)``: ``recarena similar``;
+    #:   "item_biases"    -- ``item_biases()``: ``recarena explain``'s bias table;
+    #:   "made_up_users"  -- ``score_rated(...)``: ``recommend(liked=...)`` for users given as ratings;
+    #:   "keyword_search" -- ``embed_descriptors(...)``: ``recarena search``;
+    #:   "export"         -- ``user_embeddings()`` / ``item_embeddings()`` whose ``loss.compare`` is the score:
+    #:                       ``recarena export`` and the numpy serving path.
     provides: ClassVar[frozenset[str]] = frozenset()
     #: The family needs every evaluated user to have an id seen in training (refuses split=users).
     needs_user_ids: ClassVar[bool] = True
@@ -166,12 +175,8 @@ class RecommenderModule(L.LightningModule):
 
     @classmethod
     def compares_items(cls) -> bool:
-        """Whether :meth:`similar_items` answers: names the families ``similar`` works with."""
-        return (
-            "triplets" in cls.provides
-            or cls.item_similarity_vectors is not RecommenderModule.item_similarity_vectors
-            or cls.similar_items is not RecommenderModule.similar_items
-        )
+        """Whether :meth:`similar_items` answers (declared ``similar_items``): the families ``similar`` works with."""
+        return "similar_items" in cls.provides
 
     def predict_ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings clipped to the rating scale, for RMSE/MAE."""

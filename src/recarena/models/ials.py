@@ -123,7 +123,7 @@ class IALS(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"alternating"})
+    provides = frozenset({"alternating", "item_vectors", "similar_items", "export"})
     test_inputs = "read"  # folds users in from the ratings given
 
     def __init__(

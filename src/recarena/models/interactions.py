@@ -124,7 +124,7 @@ class LikedItemsModel(RecommenderModule):
     may know (as cheap as the first fit). Subclasses implement :meth:`fit_items` and call
     ``save_hyperparameters`` themselves (Lightning reads the subclass's arguments)."""
 
-    provides = frozenset({"no_training"})
+    provides = frozenset({"no_training", "similar_items"})  # similar_items: the family's own item-item weights
     needs_user_ids = False
     test_inputs = "read"
 

@@ -39,7 +39,7 @@ class MatrixFactorization(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"ratings", "scores", "embeddings"})
+    provides = frozenset({"ratings", "scores", "embeddings", "item_vectors", "similar_items", "item_biases", "export"})
 
     def __init__(
         self,

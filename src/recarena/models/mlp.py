@@ -56,7 +56,7 @@ class CollabMLP(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"ratings", "scores"})
+    provides = frozenset({"ratings", "scores", "item_vectors", "similar_items"})
 
     def __init__(
         self,

@@ -101,7 +101,9 @@ class Siamese(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"triplets"})
+    provides = frozenset(
+        {"triplets", "item_vectors", "similar_items", "made_up_users", "keyword_search", "export"}
+    )
     needs_user_ids = False  # a user is built from their rated items, including held-out users' known ratings
     test_inputs = "read"  # users are weighted means of their rated items
 

@@ -19,7 +19,8 @@ shrunk towards the global mean, m = (Σ r + α μ) / (n + α), over the same rat
 label in training, all input ratings at evaluation), so the network learns r - m and the target never includes
 the label itself. RMSE/MAE are on the original scale. A user's context is a near-unique fingerprint, so the
 network memorises users quickly (seed 002 saw the same); dropout on the user inputs (a denoising regulariser)
-and on the user vector is what keeps it general (ML-100K random split: test RMSE ~0.95 -> ~0.93). Ranking losses (``loss=logq``, ``inbatch``, ...) use
+and on the user vector is what keeps it general (ML-100K random split, seed 42: validation RMSE 0.952 without
+either, 0.924 with both at 0.5). Ranking losses (``loss=logq``, ``inbatch``, ...) use
 ``score`` = u . v; ranking is ``score_all`` = U V^T.
 
 A user never seen in training (a made-up one: ``run.recommend(liked=[...], likes_genre=[...])``) is a list of
@@ -84,7 +85,9 @@ class TwoTower(RecommenderModule):
         **kwargs: see :class:`RecommenderModule`.
     """
 
-    provides = frozenset({"ratings", "scores", "embeddings"})
+    provides = frozenset(
+        {"ratings", "scores", "embeddings", "item_vectors", "similar_items", "item_biases", "made_up_users", "export"}
+    )
     needs_user_ids = False
     test_inputs = "read"  # users are built from their ratings
 
