@@ -161,17 +161,27 @@ def searches(settings: Settings, family: str) -> dict[int, Search]:
 
 
 def load_study(search: Search, direction: str) -> Any:
-    """The search's Optuna study (created empty on first use); trials left running by an interrupted command are
-    marked failed, so that the resumed search runs them again."""
+    """The search's Optuna study (created empty on first use). Trials left running by an interrupted command are
+    marked failed and listed in ``interrupted.json``: they do not count against the budget, so the resumed search
+    runs as many trials as an uninterrupted one."""
     import optuna
 
     search.path.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=search.family, storage=search.storage, direction=direction,
                                 load_if_exists=True)  # fmt: skip
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    if stale:
+        write_json(search.path / "interrupted.json", {"trials": sorted(interrupted(search) | {t.number for t in stale})})
     return study
+
+
+def interrupted(search: Search) -> set[int]:
+    """Numbers of the trials an interrupted command left unfinished (marked failed by :func:`load_study`)."""
+    path = search.path / "interrupted.json"
+    return set(json.loads(path.read_text())["trials"]) if path.is_file() else set()
 
 
 def trials_wanted(settings: Settings, family: str) -> int:
@@ -182,7 +192,8 @@ def trials_wanted(settings: Settings, family: str) -> int:
 def run_search(settings: Settings, search: Search) -> None:
     """Run the search's missing trials through Hydra's Optuna sweeper (and the configured launcher)."""
     direction = "minimize" if settings.mode == "min" else "maximize"
-    done = sum(t.state.is_finished() for t in load_study(search, direction).trials)
+    study = load_study(search, direction)
+    done = sum(t.state.is_finished() for t in study.trials if t.number not in interrupted(search))
     missing = trials_wanted(settings, search.family) - done
     if missing <= 0:
         return
