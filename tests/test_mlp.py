@@ -160,5 +160,5 @@ def test_losses_needing_embeddings_are_refused(tmp_path: Path) -> None:
 def test_yaml_builds_the_documented_defaults(tmp_path: Path) -> None:
     cfg = compose_config(["model=mlp"], tmp_path)
     model = instantiate(cfg.model, schema=SCHEMA, loss=instantiate(cfg.loss), _convert_="all")
-    assert cfg.loss._target_.endswith("MSELoss") and model.provides == {"ratings", "scores"}
+    assert cfg.loss._target_.endswith("MSELoss") and model.provides >= {"ratings", "scores"} and "embeddings" not in model.provides
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [*cfg.model.hidden, 1]
