@@ -72,6 +72,7 @@ def test_benchmark_tunes_on_validation_reports_each_seed_once_and_resumes(
         (["--trials", "-1"], r"--trials must be 0 .* got -1"),
         (["--objective", "test/ndcg@10"], r"--objective must be a validation metric"),
         (["--families", "ials", "--", "split=users"], r"split=users .*model=ials"),
+        (["--objective", "val/rmse", "--families", "mf", "ease"], r"needs families that predict ratings; ease do not"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2_before_training(
@@ -119,3 +120,4 @@ def test_the_default_directory_is_the_same_for_the_same_command() -> None:
     other = parse_args(["--families", "ease", "--trials", "5", "--", "data=ml-100k"])
     assert one.out == again.out != other.out and one.out.name.startswith("ndcg10-")
     assert parse_args([]).families == sorted(parse_args([]).families) and "ials" in parse_args([]).families
+    assert set(parse_args(["--objective", "val/rmse"]).families) == {"mf", "mlp", "twotower_mse"}

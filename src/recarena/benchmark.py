@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from recarena.atomic import atomic_file
-from recarena.checks import CONF_DIR, ConfigError, check_config, family_presets
+from recarena.checks import CONF_DIR, ConfigError, check_config, family_presets, group_targets
 from recarena.cli_errors import exit_on_user_error
 from recarena.rundir import is_finished
 
@@ -110,10 +111,20 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("--report-seeds needs at least one seed.")
     if not settings.objective.startswith("val/"):
         raise ConfigError(f"--objective must be a validation metric (val/...), got {settings.objective!r}.")
+    if settings.mode == "min" and (unrated := [f for f in settings.families if f not in rating_families()]):
+        raise ConfigError(
+            f"--objective {settings.objective} needs families that predict ratings; {', '.join(unrated)} do not. "
+            f"Rating families: {', '.join(rating_families())}."
+        )
     for family in settings.families:
         if settings.trials:
             search_space(family)
         check_config(compose_family(family, settings.run_overrides()))
+
+
+def rating_families() -> list[str]:
+    """Family presets whose loss fits ratings (``mse``): the rows of a rating table (``--objective val/rmse``)."""
+    return [name for name, (_, loss) in family_presets().items() if "ratings" in get_class(group_targets("loss")[loss]).needs]
 
 
 def compose_family(family: str, overrides: Sequence[str]) -> DictConfig:
@@ -346,7 +357,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience of every gradient family")
     parser.add_argument("--out", type=Path, help="benchmark directory (default: benchmarks/<objective>-<hash>)")
     args = parser.parse_args(own)
-    families = args.families or list(family_presets())
+    rating_table = args.objective.rsplit("/", 1)[-1] in {"rmse", "mae"}
+    families = args.families or (rating_families() if rating_table else list(family_presets()))
     settings = Settings(families, args.trials, args.report_seeds, args.objective, overrides, args.sampler_seed,
                         args.max_epochs, args.patience)  # fmt: skip
     name = f"{settings.objective.split('/', 1)[-1].replace('@', '')}-{settings.key()}"
