@@ -208,7 +208,7 @@ def run_search(settings: Settings, search: Search) -> None:
     missing = trials_wanted(settings, search.family) - done
     if missing <= 0:
         return
-    batch = len(list(search.path.glob("batch-*")))
+    batch = sum(p.is_dir() for p in search.path.glob("batch-*"))
     log.info("tuning %s (seed %d): %d of %d trials to run", search.family, search.seed, missing, done + missing)
     command = [
         "-m", "hparams_search=tune", f"+search_space@hydra.sweeper.params={search.family}",
