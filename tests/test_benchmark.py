@@ -4,6 +4,7 @@ and one-line errors before any training."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -121,3 +122,15 @@ def test_the_default_directory_is_the_same_for_the_same_command() -> None:
     assert one.out == again.out != other.out and one.out.name.startswith("ndcg10-")
     assert parse_args([]).families == sorted(parse_args([]).families) and "ials" in parse_args([]).families
     assert set(parse_args(["--objective", "val/rmse"]).families) == {"mf", "mlp", "twotower_mse"}
+
+
+def test_a_second_benchmark_on_the_same_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "benchmark.lock").write_text(str(os.getpid()))  # this test's process: alive
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["benchmark", "--families", "popularity", "--trials", "0", "--out", str(out)])
+    assert exit_info.value.code == 2 and "another benchmark (process" in capsys.readouterr().err
+    with bench.owning(tmp_path / "c"):  # a lock left by a dead process is taken over
+        assert (tmp_path / "c" / "benchmark.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / "c" / "benchmark.lock").exists()

@@ -25,6 +25,7 @@ are skipped. ``--trials 0`` reports the presets as they are. The directory defau
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,21 +173,26 @@ def searches(settings: Settings, family: str) -> dict[int, Search]:
 
 
 def load_study(search: Search, direction: str) -> Any:
-    """The search's Optuna study (created empty on first use). Trials left running by an interrupted command are
-    marked failed and listed in ``interrupted.json``: they do not count against the budget, so the resumed search
-    runs as many trials as an uninterrupted one."""
+    """The search's Optuna study (created empty on first use), read as it is."""
     import optuna
 
     search.path.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=search.family, storage=search.storage, direction=direction,
-                                load_if_exists=True)  # fmt: skip
+    return optuna.create_study(study_name=search.family, storage=search.storage, direction=direction,
+                               load_if_exists=True)  # fmt: skip
+
+
+def recover_interrupted(search: Search, study: Any) -> None:
+    """Trials left running by an interrupted command are marked failed and listed in ``interrupted.json``: they
+    do not count against the budget, so the resumed search runs as many trials as an uninterrupted one. Only the
+    benchmark that owns the directory (:func:`owning`) may call this: a running trial of another would be lost."""
+    import optuna
+
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     if stale:
         write_json(search.path / "interrupted.json", {"trials": sorted(interrupted(search) | {t.number for t in stale})})
-    return study
 
 
 def interrupted(search: Search) -> set[int]:
@@ -204,6 +210,7 @@ def run_search(settings: Settings, search: Search) -> None:
     """Run the search's missing trials through Hydra's Optuna sweeper (and the configured launcher)."""
     direction = "minimize" if settings.mode == "min" else "maximize"
     study = load_study(search, direction)
+    recover_interrupted(search, study)
     done = sum(t.state.is_finished() for t in study.trials if t.number not in interrupted(search))
     missing = trials_wanted(settings, search.family) - done
     if missing <= 0:
@@ -374,9 +381,40 @@ def require_optuna() -> None:
         raise ConfigError("recarena benchmark tunes with Optuna: pip install 'recarena[optuna]'") from None
 
 
+@contextlib.contextmanager
+def owning(out: Path) -> Iterator[None]:
+    """Hold ``out/benchmark.lock`` (this process's id) while a benchmark works in ``out``: a second benchmark on
+    the same directory is refused rather than left to mix its trials with this one's."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / "benchmark.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = lock.read_text().strip()
+        if owner.isdigit() and _alive(int(owner)):
+            raise ConfigError(f"another benchmark (process {owner}) is working in {out}: wait for it, or use --out") from None
+        lock.unlink(missing_ok=True)  # left by a killed benchmark
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def benchmark(settings: Settings) -> list[Path]:
     """Tune, report and write the leaderboard; returns the files written. Finished work is skipped."""
-    settings.out.mkdir(parents=True, exist_ok=True)
     tuning = {}
     for family in settings.families:
         started = time.perf_counter()
@@ -404,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_optuna()
         print(f"benchmark directory: {settings.out}", flush=True)
         try:
-            written = benchmark(settings)
+            with owning(settings.out):
+                written = benchmark(settings)
         except BenchmarkError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
