@@ -54,6 +54,7 @@ bench: install ## throughput, scale and inference benchmarks (minutes)
 	$(PY) bench/throughput.py
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py
+	$(PY) bench/reference.py
 
 clean: ## remove run outputs (not the data cache)
 	rm -rf outputs multirun lightning_logs .pytest_cache
