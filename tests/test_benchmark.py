@@ -74,6 +74,7 @@ def test_benchmark_tunes_on_validation_reports_each_seed_once_and_resumes(
         (["--objective", "test/ndcg@10"], r"--objective must be a validation metric"),
         (["--families", "ials", "--", "split=users"], r"split=users .*model=ials"),
         (["--objective", "val/rmse", "--families", "mf", "ease"], r"needs families that predict ratings; ease do not"),
+        (["--families", "ease", "--", "optimzer.lr=1"], r"the overrides after -- do not compose with family=ease"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2_before_training(

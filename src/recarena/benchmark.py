@@ -132,10 +132,16 @@ def compose_family(family: str, overrides: Sequence[str]) -> DictConfig:
     """The config ``python train.py family=<family> <overrides>`` would run (for start-up checks)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"family={family}", *overrides])
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=[f"family={family}", *overrides])
+    except (HydraException, OmegaConfBaseException) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"the overrides after -- do not compose with family={family}: {first}") from None
 
 
 def seed_dependent_split(cfg: DictConfig) -> bool:
