@@ -221,6 +221,9 @@ def run_search(settings: Settings, search: Search) -> None:
     missing = trials_wanted(settings, search.family) - done
     if missing <= 0:
         return
+    space_file = search.path / "search_space.json"
+    if not space_file.is_file():  # the space this search runs over, as tuning.json will report it
+        write_json(space_file, search_space(search.family))
     batch = sum(p.is_dir() for p in search.path.glob("batch-*"))
     log.info("tuning %s (seed %d): %d of %d trials to run", search.family, search.seed, missing, done + missing)
     command = [
@@ -307,6 +310,9 @@ def tuning_summary(settings: Settings, family: str, by_seed: dict[int, Search]) 
     """``tuning.json``'s entry of a family: its preset, search space and each search's trials and choice."""
     model, loss = family_presets()[family]
     entry: dict[str, Any] = {"model": model, "loss": loss, "search_space": search_space(family), "searches": []}
+    spaces = [search.path / "search_space.json" for search in by_seed.values()]
+    if settings.trials and spaces[0].is_file():  # what the searches ran over, even if the file changed since
+        entry["search_space"] = json.loads(spaces[0].read_text())
     direction = "minimize" if settings.mode == "min" else "maximize"
     for search in {id(s): s for s in by_seed.values()}.values():
         if not settings.trials:
