@@ -81,7 +81,7 @@ def test_mf_search_end_to_end(tmp_path: Path, data_cache: Path) -> None:
     trials = {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
     assert sorted(trials) == [0, 1, 2]
     values = {job: m["val"]["val/rmse"] for job, m in trials.items()}
-    space = set(OmegaConf.load(Path(CONF_DIR) / "hparams_search" / "mf_optuna.yaml").hydra.sweeper.params)
+    space = set(OmegaConf.load(Path(CONF_DIR) / "search_space" / "mf.yaml"))
     proposals = {frozenset(o for o in m["overrides"] if o.split("=")[0] in space) for m in trials.values()}
     assert len(proposals) == 3 and all(len(p) == len(space) for p in proposals)
 
