@@ -202,7 +202,7 @@ def recover_interrupted(search: Search, study: Any) -> None:
 
 
 def interrupted(search: Search) -> set[int]:
-    """Numbers of the trials an interrupted command left unfinished (marked failed by :func:`load_study`)."""
+    """Numbers of the trials an interrupted command left unfinished (marked failed by :func:`recover_interrupted`)."""
     path = search.path / "interrupted.json"
     return set(json.loads(path.read_text())["trials"]) if path.is_file() else set()
 
