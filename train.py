@@ -5,10 +5,13 @@ Hydra's Optuna sweeper can optimise it (``-m hparams_search=mf_optuna``); a tria
 NaN (a diverged run) is recorded by the sweeper as a failed trial and the search goes on.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import recarena  # noqa: F401  (registers the ${recarena.*:...} resolvers of conf/ before Hydra composes)
+from recarena.checks import check_launcher_plugin
 from recarena.cli_errors import exit_on_user_error
 
 
@@ -22,4 +25,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():
+        check_launcher_plugin(sys.argv[1:])
     main()

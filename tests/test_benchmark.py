@@ -71,6 +71,7 @@ def test_benchmark_tunes_on_validation_reports_each_seed_once_and_resumes(
     [
         (["--families", "ease", "nosuch"], r"--families: unknown family nosuch; known: .*ease.*mf_bpr"),
         (["--trials", "-1"], r"--trials must be 0 .* got -1"),
+        (["--jobs", "0"], r"--jobs must be 1 .* got 0"),
         (["--objective", "test/ndcg@10"], r"--objective must be a validation metric"),
         (["--families", "ials", "--", "split=users"], r"split=users .*model=ials"),
         (["--objective", "val/rmse", "--families", "mf", "ease"], r"needs families that predict ratings; ease do not"),
@@ -135,3 +136,13 @@ def test_a_second_benchmark_on_the_same_directory_is_refused(tmp_path: Path, cap
     with bench.owning(tmp_path / "c"):  # a lock left by a dead process is taken over
         assert (tmp_path / "c" / "benchmark.lock").read_text() == str(os.getpid())
     assert not (tmp_path / "c" / "benchmark.lock").exists()
+
+
+def test_jobs_run_through_the_parallel_launcher_and_name_their_own_directory() -> None:
+    """--jobs 2: trials and report runs two at a time (Optuna proposing two trials per batch searches differently
+    from one at a time, hence another directory); a launcher named in the overrides is the user's choice."""
+    one, two = parse_args(["--families", "ease"]), parse_args(["--families", "ease", "--jobs", "2"])
+    assert "hydra/launcher=parallel" in two.run_overrides() and "hydra.launcher.n_jobs=2" in two.run_overrides()
+    assert not any(o.startswith("hydra/launcher") for o in one.run_overrides()) and one.out != two.out
+    own = parse_args(["--families", "ease", "--jobs", "4", "--", "hydra/launcher=submitit_local"])
+    assert [o for o in own.run_overrides() if o.startswith("hydra/launcher")] == ["hydra/launcher=submitit_local"]

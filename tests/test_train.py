@@ -143,7 +143,8 @@ def _wandb_records(run_dir: Path) -> list:
 
 
 def _run_train(args: list[str], cwd: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # `tests` importable too
+    env = {**os.environ, **env_extra, "PYTHONPATH": path}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

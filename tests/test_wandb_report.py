@@ -104,3 +104,75 @@ def test_multirun_logs_leaderboard_to_a_wandb_run_of_the_group(tmp_path: Path, d
     group = "sweep-2026-11-23-10-00-00"
     assert run_info(board_run) == (group, "leaderboard")
     assert {run_info(_offline_run(sweep / job))[0] for job in ("0", "1")} == {group}  # the jobs' runs too
+
+
+def _wandb_config(run: Path) -> dict:
+    """The run's config as W&B stored it: the run record's config, then every later config update."""
+    config = {}
+    for record in _wandb_records(run):
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        config |= {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in updates}
+    return config
+
+
+def test_wandb_run_config_holds_the_whole_config_and_the_best_monitored_value(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs can be filtered and grouped by any setting: the whole resolved config with dotted keys, the chosen
+    options, the parameter counts, the split fingerprint and the run dir; and the summary is the best
+    checkpoint's (the monitored metric at its best over the epochs)."""
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    result = train(make_cfg("model=mf", "loss=bpr", "logger=wandb", "logger.wandb.offline=true", "optimizer.lr=0.004",
+                            "seed=7", "data.curation.min_user_ratings=2", "trainer.max_epochs=3"))  # fmt: skip
+    run_dir = tmp_path / "run"
+    run = _offline_run(run_dir)
+    rows = _wait_for(run, lambda rows: len([r for r in rows if "val/ndcg@10" in r]) >= 3)  # the file is complete
+    config = _wandb_config(run)
+
+    from recarena.inference import load_run
+
+    model = load_run(run_dir).model
+    expected = {
+        "optimizer.lr": 0.004, "seed": 7, "loss._target_": "recarena.losses.BPRLoss", "split.name": "temporal",
+        "data.curation.min_user_ratings": 2, "data.name": "synthetic", "trainer.precision": "32-true",
+        "trainer.max_epochs": 3, "batch_size": 1024, "model.n_factors": 50, "eval.ks": [10, 20],
+        "choice.model": "mf", "choice.loss": "bpr", "choice.split": "temporal", "choice.optimizer": "adam",
+        "params.total": sum(p.numel() for p in model.parameters()), "threads": result["threads"],
+        "split.fingerprint": result["split_fingerprint"], "run_dir": str(run_dir),
+    }  # fmt: skip
+    assert {key: config.get(key) for key in expected} == expected
+    assert not any(key.startswith("choice.hydra") for key in config)
+    # logger=wandb keeps the CSV logger (leaderboard.html's curves), and it gets the same keys.
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert "choice.model: mf" in (run_dir / "csv" / "hparams.yaml").read_text()
+
+    # The summary is the best checkpoint's: for the monitored metric, its best value over the epochs.
+    epochs = [r["val/ndcg@10"] for r in rows if "val/ndcg@10" in r]
+    summary = {k: v for update in _read_wandb_history(run, "summary") for k, v in update.items()}
+    assert summary["val/ndcg@10"] == pytest.approx(max(epochs)) == pytest.approx(result["val"]["val/ndcg@10"])
+    assert summary["best_epoch"] == result["best_epoch"]
+
+
+def test_wandb_sweep_example_composes_into_a_train_command(tmp_path: Path) -> None:
+    """docs/wandb_sweep.yaml: the command W&B's agent would run (Hydra overrides from ${args_no_hyphens})
+    composes into a valid config holding the proposed values, over the keys of the benchmark's search space."""
+    from omegaconf import OmegaConf
+
+    from recarena.benchmark import search_space
+    from recarena.checks import CONF_DIR, check_config
+    from tests.conftest import compose_config
+
+    sweep = OmegaConf.to_container(OmegaConf.load(CONF_DIR.parent / "docs" / "wandb_sweep.yaml"))
+    assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
+    assert set(sweep["parameters"]) <= set(search_space("mf_bpr"))
+    proposed = {key: spec["values"][-1] if "values" in spec else spec["max"]
+                for key, spec in sweep["parameters"].items()}  # fmt: skip
+    args = [f"{key}={value}" for key, value in proposed.items()]  # what ${args_no_hyphens} expands to
+    fixed = [a for a in sweep["command"] if "=" in a and not a.startswith("$")]
+    cfg = compose_config([*fixed, *args], tmp_path / "run")
+    check_config(cfg)
+    assert cfg.eval.monitor == sweep["metric"]["name"] and cfg.eval.monitor_mode == "max"
+    assert {key: OmegaConf.select(cfg, key) for key in proposed} == proposed
+    assert "wandb" in cfg.logger

@@ -42,7 +42,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from recarena.atomic import atomic_file
-from recarena.checks import CONF_DIR, ConfigError, check_config, family_presets, group_targets
+from recarena.checks import (
+    CONF_DIR,
+    ConfigError,
+    check_config,
+    check_launcher_plugin,
+    family_presets,
+    group_targets,
+)
 from recarena.cli_errors import exit_on_user_error
 from recarena.rundir import is_finished
 
@@ -67,6 +74,7 @@ class Settings:
     sampler_seed: int = 1234
     max_epochs: int = 200
     patience: int = 10
+    jobs: int = 1
     out: Path = field(default_factory=Path)
 
     @property
@@ -78,12 +86,21 @@ class Settings:
         """What every tuning and report run gets: the objective as the monitor, the fixed epoch budget, the user's."""
         return [f"eval.monitor={self.objective}", f"eval.monitor_mode={self.mode}",
                 f"trainer.max_epochs={self.max_epochs}", f"callbacks.early_stopping.patience={self.patience}",
-                "trainer.enable_progress_bar=false", *self.overrides]  # fmt: skip
+                "trainer.enable_progress_bar=false", *self.launcher_overrides(), *self.overrides]  # fmt: skip
+
+    def launcher_overrides(self) -> list[str]:
+        """``--jobs N``: N runs at once as local processes (conf/hydra/launcher/parallel.yaml), unless the
+        overrides name a launcher of their own; each run's ``threads: auto`` is then its share of the cores."""
+        if self.jobs == 1 or any(o.lstrip("+").startswith("hydra/launcher=") for o in self.overrides):
+            return []
+        return ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={self.jobs}"]
 
     def key(self) -> str:
         """Hash of every setting but the family list: adding a family to a finished benchmark reuses the others."""
         payload = [self.trials, self.report_seeds, self.objective, self.overrides, self.sampler_seed,
                    self.max_epochs, self.patience]  # fmt: skip
+        if self.jobs != 1:  # TPE proposing `jobs` trials at once searches differently from one at a time
+            payload.append(self.jobs)
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:10]
 
 
@@ -106,6 +123,9 @@ def check_settings(settings: Settings) -> None:
     unknown = [f for f in settings.families if f not in known]
     if unknown:
         raise ConfigError(f"--families: unknown family {', '.join(unknown)}; known: {', '.join(known)}.")
+    if settings.jobs < 1:
+        raise ConfigError(f"--jobs must be 1 (one run at a time) or more, got {settings.jobs}.")
+    check_launcher_plugin(settings.run_overrides())
     if settings.trials < 0:
         raise ConfigError(f"--trials must be 0 (the presets as they are) or more, got {settings.trials}.")
     if not settings.report_seeds:
@@ -231,7 +251,8 @@ def run_search(settings: Settings, search: Search) -> None:
         f"family={search.family}", f"seed={search.seed}", "test=false", "save_run_data=false",
         "export_embeddings=false", f"hydra.sweeper.n_trials={missing}", f"hydra.sweeper.storage={search.storage}",
         f"hydra.sweeper.study_name={search.family}", f"hydra.sweeper.sampler.seed={settings.sampler_seed}",
-        f"hydra.sweep.dir={search.path / f'batch-{batch}'}", *settings.run_overrides(),
+        f"hydra.sweep.dir={search.path / f'batch-{batch}'}", f"hydra.sweeper.n_jobs={settings.jobs}",
+        *settings.run_overrides(),
     ]  # fmt: skip
     run_train(command, search.path / f"batch-{batch}.log")
 
@@ -374,12 +395,14 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--sampler-seed", type=int, default=1234, help="seed of the TPE sampler")
     parser.add_argument("--max-epochs", type=int, default=200, help="trainer.max_epochs of every gradient family")
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience of every gradient family")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (trials and report runs; needs the launchers extra; 1: reproducible trials)")
     parser.add_argument("--out", type=Path, help="benchmark directory (default: benchmarks/<objective>-<hash>)")
     args = parser.parse_args(own)
     rating_table = args.objective.rsplit("/", 1)[-1] in {"rmse", "mae"}
     families = args.families or (rating_families() if rating_table else list(family_presets()))
     settings = Settings(families, args.trials, args.report_seeds, args.objective, overrides, args.sampler_seed,
-                        args.max_epochs, args.patience)  # fmt: skip
+                        args.max_epochs, args.patience, args.jobs)  # fmt: skip
     name = f"{settings.objective.split('/', 1)[-1].replace('@', '')}-{settings.key()}"
     settings.out = (args.out or Path("benchmarks") / name).resolve()
     return settings

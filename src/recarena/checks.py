@@ -6,6 +6,7 @@ groups themselves (``conf/loss/*.yaml``, the release registry), so adding a fami
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -14,6 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
+
+#: Hydra launcher configs that a plugin provides -> (its module, the pip extra that installs it).
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+}
 
 #: eval.test_known: what a model may know at test time.
 TEST_KNOWN = ("train", "train+val")
@@ -110,12 +118,40 @@ def check_eval(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.max_users must be a positive integer or null (all users), got {max_users!r}.")
 
 
+def check_threads(cfg: DictConfig) -> None:
+    threads = cfg.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive number of CPU threads per job or auto (this job's share of "
+                          f"the cores), got threads={threads!r}.")  # fmt: skip
+
+
 def check_extras(cfg: DictConfig) -> None:
     """Options that need an optional extra installed fail here, before any data work."""
     if cfg.model.get("encoding") == "text":
         from recarena.data.text_encoding import require_text_extra
 
         require_text_extra()
+
+
+def check_launcher_plugin(overrides: list[str]) -> None:
+    """``hydra/launcher=NAME`` (a plugin's config, or one of conf/hydra/launcher/ built on it) needs its plugin
+    installed; without it Hydra's own error lists configs, not what to install. Call before Hydra composes."""
+    names = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra/launcher=")]
+    for name in names:
+        preset = CONF_DIR / "hydra" / "launcher" / f"{name}.yaml"
+        base = [str(d) for d in OmegaConf.load(preset).get("defaults", [])] if preset.is_file() else [name]
+        for plugin in (b for b in base if b in LAUNCHER_PLUGINS):
+            module, extra = LAUNCHER_PLUGINS[plugin]
+            if not _importable(module):
+                raise ConfigError(f"hydra/launcher={name} needs Hydra's {plugin} launcher plugin: "
+                                  f"pip install 'recarena[{extra}]'.")  # fmt: skip
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package (hydra_plugins) is missing too
+        return False
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -125,6 +161,7 @@ def check_config(cfg: DictConfig) -> None:
     check_accelerator(cfg)
     check_data(cfg)
     check_eval(cfg)
+    check_threads(cfg)
     check_extras(cfg)
 
 

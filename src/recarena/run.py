@@ -29,9 +29,11 @@ from recarena.checks import ConfigError, check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.report import config_key
+from recarena.run_config import run_hyperparameters
 from recarena.rundir import save_run_data
+from recarena.threads import AUTO, job_threads, use_threads
 from recarena.timing import EpochTimer
-from recarena.wandb_report import has_wandb_logger, log_run_report
+from recarena.wandb_report import has_wandb_logger, log_run_report, write_wandb_summary
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Tra
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns the content of ``metrics.json``."""
     check_config(cfg)  # before any data work: a bad combination must not cost a download
+    threads = job_threads(cfg.get("threads", AUTO), _hydra_launcher())
+    use_threads(threads)
     output_dir = Path(output_dir or _hydra_output_dir() or tempfile.mkdtemp(prefix="recarena-"))
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -117,6 +121,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     timer = EpochTimer(monitor=str(cfg.eval.monitor), mode=str(cfg.eval.monitor_mode))
     trainer = build_trainer(cfg, output_dir, timer)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    _log_run_config(cfg, trainer, model, dm, output_dir, threads)
 
     fit_started = time.perf_counter()
     if model.trainable:
@@ -148,6 +153,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "data": str(cfg.data.name),
         "split": str(cfg.split.name),
         "seed": int(cfg.seed),
+        "threads": threads,
         "overrides": _task_overrides(),
         "config_key": config_key(_task_overrides()),
         "monitor": str(cfg.eval.monitor),
@@ -177,12 +183,22 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     if main_process and cfg.get("save_run_data", True):  # what load_run needs beside the checkpoint (recarena.rundir)
         save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
         _use_saved_run(cfg, trainer, output_dir, type(model))
+    write_wandb_summary(trainer, result)
     _finish_loggers(trainer)
     if main_process:
         write_json_atomic(output_dir / "metrics.json", result)
         if cfg.get("verbose", True):
             print_metrics(result)
     return result
+
+
+def _log_run_config(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule,
+                    output_dir: Path, threads: int) -> None:  # fmt: skip
+    """Every logger gets the whole config (:mod:`recarena.run_config`), to filter and group runs by."""
+    choices = OmegaConf.to_container(hydra.runtime.choices) if (hydra := _hydra()) else {}
+    params = run_hyperparameters(cfg, choices, model, dm.split.fingerprint, output_dir, threads)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
 
 
 def refits_for_test(cfg: DictConfig, model: L.LightningModule) -> bool:
@@ -278,22 +294,24 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return getattr(callback, "best_model_path", None) or None
 
 
-def _task_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+def _hydra() -> DictConfig | None:
+    """The Hydra config of the job this is, or None outside Hydra (tests, ``train(cfg)`` called from Python)."""
+    from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _task_overrides() -> list[str]:
+    return list(hydra.overrides.task) if (hydra := _hydra()) else []
 
 
 def _hydra_output_dir() -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    return hydra.runtime.output_dir if (hydra := _hydra()) else None
 
-        return HydraConfig.get().runtime.output_dir
-    except ValueError:
-        return None
+
+def _hydra_launcher() -> dict[str, Any]:
+    """The launcher's config (empty outside Hydra): how many jobs share the cores (:mod:`recarena.threads`)."""
+    return OmegaConf.to_container(hydra.launcher, resolve=True) if (hydra := _hydra()) else {}
 
 
 def _versions() -> dict[str, str]:

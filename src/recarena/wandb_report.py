@@ -4,9 +4,11 @@
   loggers close: logs to the run of each :class:`~lightning.pytorch.loggers.WandbLogger` ``recommendations`` (a ``wandb.Table``: user_id,
   rank, movie_id, title, year, genres, score of ``report.wandb_users`` fixed users, from ``load_run(RUN_DIR)``, so
   exactly what ``recarena recommend`` says) and ``item_pca`` (``recarena explain``'s PCA plot of the item vectors
-  as a ``wandb.Image``, families with item vectors only). Config, per-epoch metrics and the final val/test metrics
-  need nothing here: Lightning's WandbLogger logs the config and every ``self.log`` value, and W&B's summary keeps
-  each key's last value, which for ``val/*`` is the best checkpoint's re-validation and for ``test/*`` its test.
+  as a ``wandb.Image``, families with item vectors only). Per-epoch metrics and the final val/test metrics need
+  nothing here: Lightning's WandbLogger logs every ``self.log`` value, and W&B's summary keeps each key's last
+  value, which for ``val/*`` is the best checkpoint's re-validation and for ``test/*`` its test.
+- :func:`write_wandb_summary`: the summary states the best checkpoint's metrics outright, whatever was logged
+  last. (The whole config reaches every logger through :mod:`recarena.run_config`.)
 - :func:`log_sweep_leaderboard`, called by :class:`recarena.report.LeaderboardCallback` at the end of a multirun
   whose config uses the wandb logger: one more W&B run in the sweep's project and group (``job_type=leaderboard``)
   with ``leaderboard`` (a ``wandb.Table``, one row per configuration) and ``leaderboard_metrics`` (the bar plot).
@@ -69,6 +71,15 @@ def _table(frame: pd.DataFrame) -> Any:
 def has_wandb_logger(trainer: Any) -> bool:
     """Whether the trainer logs to W&B (then :func:`log_run_report` has somewhere to log)."""
     return bool(_wandb_loggers(trainer))
+
+
+def write_wandb_summary(trainer: Any, result: dict[str, Any]) -> None:
+    """Each W&B run's summary holds what metrics.json holds: the best checkpoint's validation metrics (so the
+    monitored one is its best value over the epochs, whichever epoch was logged last), its test metrics and
+    ``best_epoch``. A W&B sweep's ``metric.name: val/ndcg@10`` and a dashboard sorted by it read exactly these."""
+    for logger in _wandb_loggers(trainer):
+        logger.experiment.define_metric("val/*", step_metric="epoch")  # validation curves over epochs
+        logger.experiment.summary.update({**result["val"], **result["test"], "best_epoch": result["best_epoch"]})
 
 
 def log_run_report(cfg: DictConfig, trainer: Any, run: Run) -> None:

@@ -1,0 +1,106 @@
+"""Parallel and cluster sweeps: Hydra's joblib and submitit launchers run recarena's jobs side by side, each with
+its share of the cores (``threads``), and the sweep-end leaderboard lists every job."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from recarena import checks, threads
+from recarena.checks import ConfigError, check_launcher_plugin
+from tests.conftest import TINY_DATA
+from tests.test_train import _run_train
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra; make test installs it")
+QUIET = ["trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "verbose=false"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "launcher", "expected"),
+    [
+        (3, {}, 3),  # a number is used as it is
+        ("auto", {}, 8),  # one job at a time: every core
+        ("auto", {"n_jobs": 2}, 4),  # joblib: the cores shared among its concurrent jobs
+        ("auto", {"n_jobs": 3}, 2),
+        ("auto", {"n_jobs": -1}, 1),  # one job per core
+        ("auto", {"n_jobs": -7}, 4),  # all cores but 6 -> 2 jobs
+        ("auto", {"n_jobs": 16}, 1),  # never below one thread
+        ("auto", {"cpus_per_task": 6}, 6),  # submitit: the cores each job was given
+        ("auto", {"cpus_per_task": None}, 1),  # submitit_local starts every job at once
+    ],
+)
+def test_auto_threads_split_the_cores_among_concurrent_jobs(
+    setting: object, launcher: dict, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.job_threads(setting, launcher) == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's explicit limit wins over auto, never over a number
+    assert threads.job_threads(setting, launcher) == (setting if isinstance(setting, int) else 5)
+
+
+def test_use_threads_limits_torch_and_blas() -> None:
+    before = torch.get_num_threads()
+    try:
+        threads.use_threads(1)
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        threads.use_threads(before)
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("0", "0"), ("-2", "-2"), ("two", "'two'")])
+def test_bad_threads_is_one_line_and_exit_code_2(value: str, parsed: str, tmp_path: Path) -> None:
+    proc = _run_train([f"threads={value}", *TINY_DATA, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, {})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: threads must be a positive number of CPU threads per job or auto (this job's share of the cores), "
+        f"got threads={parsed}."
+    ]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name", ["joblib", "parallel", "submitit_slurm", "slurm"])
+def test_a_missing_launcher_plugin_names_the_extra(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's own config or a conf/hydra/launcher/ preset built on it: one line, what to install."""
+    missing = {plugin: ("hydra_plugins.not_installed_here", extra) for plugin, (_, extra) in checks.LAUNCHER_PLUGINS.items()}
+    monkeypatch.setattr(checks, "LAUNCHER_PLUGINS", missing)
+    with pytest.raises(ConfigError, match=re.escape(f"hydra/launcher={name} needs Hydra's ")) as error:
+        check_launcher_plugin(["model=mf", f"hydra/launcher={name}"])
+    assert str(error.value).endswith("pip install 'recarena[launchers]'.")
+    check_launcher_plugin(["hydra/launcher=basic"])  # Hydra's own launcher needs nothing
+
+
+def _sweep(tmp_path: Path, data_cache: Path, launcher: list[str]) -> tuple[Path, list[dict]]:
+    sweep = tmp_path / "sweep"
+    proc = _run_train(["-m", "model=mf,popularity", *launcher, *TINY_DATA, *QUIET, f"hydra.sweep.dir={sweep}"],
+                      tmp_path, {"RECARENA_DATA": str(data_cache)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert sorted(board["model"]) == sorted(r["model"] for r in runs) == ["mf", "popularity"]  # every job, once
+    assert all(r["test"]["test/ndcg@10"] > 0 for r in runs)
+    return sweep, runs
+
+
+def test_joblib_runs_two_jobs_at_once_with_one_thread_each(tmp_path: Path, data_cache: Path) -> None:
+    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "threads=1"])
+    assert [r["threads"] for r in runs] == [1, 1]
+
+
+def test_joblib_auto_threads_are_each_jobs_share(tmp_path: Path, data_cache: Path) -> None:
+    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert [r["threads"] for r in runs] == [max(threads.available_cores() // 2, 1)] * 2
+
+
+def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path: Path, data_cache: Path) -> None:
+    """The same code path as submitit_slurm (submitit pickles each job and runs it in its own process)."""
+    sweep, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"])
+    assert [r["threads"] for r in runs] == [1, 1]  # no cpus_per_task: jobs start together, one thread each
+    assert list((sweep / ".submitit").iterdir())  # submitit's own job files
