@@ -1,6 +1,7 @@
 """Train and test one recommender configuration: ``python train.py model=mf loss=mse data=ml-100k``.
 
-Thin on purpose: everything happens in :func:`recarena.run.train`. Returns the monitored validation metric so
+Thin on purpose: everything happens in :func:`recarena.run.train` (:func:`recarena.run.train_job` for each job of
+a multirun, which records a failed job and lets the sweep go on; the command then exits 1). Returns the monitored validation metric so
 Hydra's Optuna sweeper can optimise it (``-m hparams_search=mf_optuna``); a trial whose metric is missing (None) or
 NaN (a diverged run) is recorded by the sweeper as a failed trial and the search goes on.
 """
@@ -13,18 +14,27 @@ from omegaconf import DictConfig
 import recarena  # noqa: F401  (registers the ${recarena.*:...} resolvers of conf/ before Hydra composes)
 from recarena.checks import check_launcher_plugin
 from recarena.cli_errors import exit_on_user_error
+from recarena.report import LeaderboardCallback
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from recarena.run import train  # imported here so `--help` and config errors answer fast
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    with exit_on_user_error():
-        result = train(cfg)
-    return result["val"].get(str(cfg.eval.monitor))
+    from recarena.run import train, train_job  # imported here so `--help` and config errors answer fast
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not stop the sweep
+        result = train_job(cfg)
+    else:
+        with exit_on_user_error():
+            result = train(cfg)
+    return result["val"].get(str(cfg.eval.monitor)) if result else None
 
 
 if __name__ == "__main__":
     with exit_on_user_error():
         check_launcher_plugin(sys.argv[1:])
     main()
+    if LeaderboardCallback.failed_jobs:  # every job ran and the reports are written; the sweep still failed
+        sys.exit(1)

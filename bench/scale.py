@@ -49,7 +49,7 @@ def timed(label: str, fn):
 def rows_updated_by_one_step(cfg, dm) -> tuple[int, int]:
     """Train one mini-batch and count the item-factor rows that changed (sparse updates touch only the batch's)."""
     model = build_model(cfg, dm)
-    trainer = build_trainer(cfg, Path(tempfile.mkdtemp()), EpochTimer(monitor="none"))
+    trainer = build_trainer(cfg, Path(tempfile.mkdtemp()), EpochTimer())
     trainer.fit_loop.max_epochs = 1
     trainer.limit_train_batches = 1
     before = model.item_factors.weight.detach().clone()
@@ -102,7 +102,7 @@ def time_mlp_eval(overrides: list[str], out: Path, max_users: int) -> None:
     dm = build_datamodule(cfg, "pairs")
     dm.setup("fit")
     model = build_model(cfg, dm)
-    trainer = build_trainer(cfg, out, EpochTimer(monitor="none"))
+    trainer = build_trainer(cfg, out, EpochTimer())
     timed(f"mlp: test evaluation ({max_users:,} users)", lambda: trainer.test(model, datamodule=dm, verbose=False))
     scored, everyone = dm.test_data.n_users_eval, dm.test_data.n_users_all
     print(f"  {scored:,} of {everyone:,} test users scored against all {dm.schema.n_items:,} items")
@@ -162,7 +162,7 @@ def main() -> None:
         print(f"one sparse_adam step (batch {args.batch_size}) updated {changed:,} of {total:,} item rows")
 
         model = build_model(cfg, dm)
-        timer = EpochTimer(monitor="none")
+        timer = EpochTimer()
         trainer = build_trainer(cfg, Path(cache) / "run", timer)
         timed("one MF epoch (fit, no validation)", lambda: trainer.fit(model, datamodule=dm))
         print(f"  training only: {timer.train_seconds:.2f} s, {timer.samples_per_second(dm.n_train):,.0f} samples/s")

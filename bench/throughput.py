@@ -63,7 +63,7 @@ def _datamodule(cfg):
 def _fit(cfg, dm, epochs: int, out: Path) -> EpochTimer:
     torch.manual_seed(0)
     model = build_model(cfg, dm)
-    timer = EpochTimer(monitor="none")
+    timer = EpochTimer()
     trainer = build_trainer(cfg, out, timer)
     trainer.fit_loop.max_epochs = epochs
     trainer.fit(model, datamodule=dm)

@@ -44,7 +44,7 @@ def test_every_family_is_tested_with_train_and_validation_known(cfg_for, monkeyp
     assert (result["test_refit_epochs"] is not None) == refit
     if refit:
         assert (Path(result["best_checkpoint"]).parent / "refit.ckpt").is_file()
-        assert len(models) >= 2 and result["test_refit_epochs"] == result["best_epoch"] + 1  # [2]: load_run's
+        assert len(models) >= 2 and result["test_refit_epochs"] == result["best_epoch"]  # [2]: load_run's
         refit_split = dms[1].split
         assert np.array_equal(refit_split.train, np.sort(np.concatenate([dms[0].split.train, dms[0].split.val])))
         assert len(refit_split.val) == 0 and np.array_equal(refit_split.test, dms[0].split.test)

@@ -44,9 +44,9 @@ def test_popularity_needs_no_training(make_cfg) -> None:
 
 def test_same_seed_same_metrics(make_cfg, tmp_path: Path) -> None:
     first = train(make_cfg("model=mf", "seed=7"))
-    second = train(make_cfg("model=mf", "seed=7"))
+    second = train(make_cfg("model=mf", "seed=7", "overwrite=true"))  # the same run dir, on purpose
     assert first["test"] == second["test"] and first["val"] == second["val"]
-    third = train(make_cfg("model=mf", "seed=8", "split=random"))
+    third = train(make_cfg("model=mf", "seed=8", "split=random", "overwrite=true"))
     assert third["split_fingerprint"] != first["split_fingerprint"]
 
 
@@ -70,8 +70,9 @@ def test_resume_from_last_checkpoint(make_cfg, tmp_path: Path) -> None:
     train(make_cfg("model=mf", "trainer.max_epochs=1", "callbacks.early_stopping.patience=10"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert last.exists()
-    resumed = train(make_cfg("model=mf", "trainer.max_epochs=2", f"ckpt_path={last}"))
+    resumed = train(make_cfg("model=mf", "trainer.max_epochs=2", f"ckpt_path={last}"))  # a finished run, continued
     assert resumed["epochs"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]  # in place, no best-v1
 
 
 @pytest.mark.parametrize("logger", ["tensorboard", "csv"])
@@ -189,7 +190,8 @@ def test_mf_on_ml100k_defaults(make_cfg) -> None:
 def test_minibatch_grouping_changes_no_result(make_cfg) -> None:
     """Several optimiser steps per Lightning step is a speed knob only: the same steps in the same order."""
     one = train(make_cfg("model=mf", "minibatches_per_step=1", "batch_size=256", "scheduler=onecycle"))
-    eight = train(make_cfg("model=mf", "minibatches_per_step=8", "batch_size=256", "scheduler=onecycle"))
+    eight = train(make_cfg("model=mf", "minibatches_per_step=8", "batch_size=256", "scheduler=onecycle",
+                           "overwrite=true"))
     assert one["test"] == eight["test"] and one["val"] == eight["val"]
 
 
@@ -264,7 +266,7 @@ def test_compare_families_sweep_leaves_mean_and_std(tmp_path: Path, data_cache: 
 
 def test_eval_max_users_scores_a_sample_and_says_so(make_cfg) -> None:
     full = train(make_cfg("model=popularity"))
-    sampled = train(make_cfg("model=popularity", "eval.max_users=20"))
+    sampled = train(make_cfg("model=popularity", "eval.max_users=20", "overwrite=true"))
     n_test, n_all = sampled["eval_users"]["test"]
     assert n_test == 20 and n_all == full["eval_users"]["test"][0] > 20
     assert sampled["test"]["test/ndcg@10"] != full["test"]["test/ndcg@10"]

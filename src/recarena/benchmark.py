@@ -51,7 +51,7 @@ from recarena.checks import (
     group_targets,
 )
 from recarena.cli_errors import exit_on_user_error
-from recarena.rundir import is_finished
+from recarena.rundir import ERROR_FILE, is_finished
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +254,21 @@ def run_search(settings: Settings, search: Search) -> None:
         f"hydra.sweep.dir={search.path / f'batch-{batch}'}", f"hydra.sweeper.n_jobs={settings.jobs}",
         *settings.run_overrides(),
     ]  # fmt: skip
-    run_train(command, search.path / f"batch-{batch}.log")
+    run_train(command, search.path / f"batch-{batch}.log", search.path / f"batch-{batch}")
 
 
-def run_train(arguments: Sequence[str], log_file: Path) -> None:
-    """``python train.py ARGUMENTS``, its output in ``log_file``; a failure names the log."""
+def run_train(arguments: Sequence[str], log_file: Path, sweep_dir: Path | None = None) -> None:
+    """``python train.py ARGUMENTS``, its output in ``log_file``; a failure names the log. A search whose failed
+    trials left their error.json (``recarena.run.train_job``) counts them as failed trials, as Optuna does, and
+    goes on."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as out:
         done = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *arguments], stdout=out, stderr=subprocess.STDOUT,
                               cwd=TRAIN_SCRIPT.parent, env=os.environ.copy(), check=False)  # fmt: skip
+    failed_trials = sorted(sweep_dir.rglob(ERROR_FILE)) if sweep_dir is not None and sweep_dir.is_dir() else []
+    if done.returncode == 1 and failed_trials:
+        log.warning("%d trial(s) failed, e.g. %s", len(failed_trials), failed_trials[0])
+        return
     if done.returncode:
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise BenchmarkError(f"python train.py {' '.join(arguments)} failed ({tail[0]}); see {log_file}")

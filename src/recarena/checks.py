@@ -7,13 +7,16 @@ groups themselves (``conf/loss/*.yaml``, the release registry), so adding a fami
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+_ABSENT = object()
 
 
 #: Hydra launcher configs that a plugin provides -> (its module, the pip extra that installs it).
@@ -109,13 +112,82 @@ def check_eval(cfg: DictConfig) -> None:
     ks = list(cfg.eval.ks)
     if not ks or any(int(k) <= 0 for k in ks):
         raise ConfigError(f"eval.ks must be a non-empty list of positive cut-offs, got {ks}.")
-    if int(cfg.batch_size) <= 0:
-        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}.")
     if str(cfg.eval.get("test_known", "train")) not in TEST_KNOWN:
         raise ConfigError(f"eval.test_known must be one of {', '.join(TEST_KNOWN)}, got {cfg.eval.test_known!r}.")
     max_users = cfg.eval.get("max_users")
     if max_users is not None and (not isinstance(max_users, int) or max_users < 1):
         raise ConfigError(f"eval.max_users must be a positive integer or null (all users), got {max_users!r}.")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: (option, whether a value is valid, what it must be): ranges the config alone decides, checked before any data
+#: work. An option the config does not have (another family's optimiser, a split without fractions) is skipped.
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    ("batch_size", _count, "a positive integer"),
+    ("minibatches_per_step", _count, "a positive integer"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a positive number"),
+    ("trainer.max_epochs", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
+     "1 or more (-1: until early stopping stops it)"),
+    ("data.curation.fraction", lambda v: v is None or (_number(v) and 0 < v <= 1), "a fraction in (0, 1] or null"),
+    ("data.curation.max_users", lambda v: v is None or _count(v), "a positive integer or null (all users)"),
+    ("eval.user_chunk", _count, "a positive integer (users scored per evaluation chunk)"),
+    ("eval.head_share", lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    ("eval.relevance_threshold", lambda v: v is None or _number(v), "a rating or null"),
+)  # fmt: skip
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    for key, valid, what in RANGES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not valid(value):
+            raise ConfigError(f"{key} must be {what}, got {key}={value!r}.")
+
+
+def check_split_options(cfg: DictConfig) -> None:
+    """The split's name and fractions (recarena.data.splits checks them again when it splits)."""
+    from recarena.data.splits import split_parameters
+
+    try:
+        split_parameters(cfg.split)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def computed_metrics(cfg: DictConfig) -> list[str]:
+    """The validation metrics the run will log: every ranking metric at every ``eval.ks``, and RMSE/MAE when the
+    family predicts ratings and its loss trains it to (:attr:`recarena.models.base.RecommenderModule.predicts_ratings`)."""
+    from recarena.evaluation.metrics import metric_names
+
+    ratings = "ratings" in get_class(cfg.model._target_).provides and "ratings" in get_class(cfg.loss._target_).needs
+    return [f"val/{name}" for name in metric_names([int(k) for k in cfg.eval.ks], ratings)]
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """Early stopping and the best checkpoint follow ``eval.monitor``: it must be a metric the run computes, on a
+    validation set that exists."""
+    monitor = str(cfg.eval.monitor)
+    known = computed_metrics(cfg)
+    if monitor not in known:
+        raise ConfigError(
+            f"eval.monitor={monitor} is not a metric this run computes (loss={option_name(cfg, 'loss')}, "
+            f"eval.ks={list(cfg.eval.ks)}); it computes {', '.join(m for m in known if 'users_' not in m)}."
+        )
+    followers = [name for name in ("early_stopping", "model_checkpoint")
+                 if OmegaConf.select(cfg, f"callbacks.{name}.monitor", default=None)]  # fmt: skip
+    if OmegaConf.select(cfg, "split.val_fraction", default=None) == 0 and followers:
+        raise ConfigError(
+            f"split.val_fraction=0 leaves no validation set for eval.monitor={monitor}, which "
+            f"{' and '.join(f'callbacks.{f}' for f in followers)} follow: set those callbacks to null and fix "
+            "trainer.max_epochs, or keep a validation share."
+        )
 
 
 def check_threads(cfg: DictConfig) -> None:
@@ -157,10 +229,13 @@ def _importable(module: str) -> bool:
 def check_config(cfg: DictConfig) -> None:
     """Run every start-up check; raises :class:`ConfigError` on the first problem."""
     check_model_and_loss(cfg)
+    check_ranges(cfg)
+    check_split_options(cfg)
     check_split(cfg)
     check_accelerator(cfg)
     check_data(cfg)
     check_eval(cfg)
+    check_monitor(cfg)
     check_threads(cfg)
     check_extras(cfg)
 

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -25,6 +25,7 @@ from rich.text import Text
 
 from recarena import significance
 from recarena.atomic import atomic_file
+from recarena.rundir import ERROR_FILE
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,34 @@ def load_runs(paths: Iterable[Path]) -> pd.DataFrame:
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     front = ["model", "loss", "data", "split", "seed", "config_key", *metrics, *EXTRAS]
     return df[front + [c for c in df.columns if c not in front and c != "run_dir"] + ["run_dir"]]
+
+
+def load_failures(paths: Iterable[Path]) -> pd.DataFrame:
+    """One row per failed job (its ``error.json``, written by :func:`recarena.run.train_job`) under the given
+    dirs: model, loss, data, split, seed, config_key, error, run_dir. A dir that also holds a finished run is not
+    a failure."""
+    rows = []
+    for p in map(Path, paths):
+        for path in sorted(p.rglob(ERROR_FILE)) if p.is_dir() else []:
+            try:
+                d = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                log.warning("skipping unreadable %s: %s", path, e)
+                continue
+            if (path.parent / "metrics.json").is_file() or not isinstance(d, dict):
+                continue
+            rows.append({**{k: d.get(k) or "" for k in ("model", "loss", "data", "split")}, "seed": d.get("seed"),
+                         "config_key": d.get("config_key") or config_key(d.get("overrides") or []),
+                         "status": "failed", "error": d.get("error", ""), "run_dir": str(path.parent)})  # fmt: skip
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", "status", "error", "run_dir"])
+
+
+def failure_lines(failures: pd.DataFrame) -> list[str]:
+    """The failed jobs as paragraphs of the markdown / HTML leaderboard."""
+    if failures.empty:
+        return []
+    head = f"{len(failures)} job{'s' if len(failures) > 1 else ''} failed (no metrics; the error is in its error.json):"
+    return [head, *(f"- failed: `{r.config_key or r.model}` seed {r.seed}: {r.error}" for r in failures.itertuples())]
 
 
 def _default_primary(runs: pd.DataFrame, metrics: list[str]) -> str:
@@ -225,6 +254,7 @@ def _intro(board: pd.DataFrame) -> list[str]:
         f"Sorted by `{primary}` ({way} is better); best per metric in **bold**; empty = not reported.",
         *([board.attrs["significance_note"]] if board.attrs.get("significance_note") else []),
         *([f"Overrides shared by every configuration: `{' '.join(common)}`"] if common else []),
+        *board.attrs.get("failures", []),
     ]
 
 
@@ -292,9 +322,16 @@ def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
     paths written, csv and md first."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs([sweep_dir]) if runs is None else runs
+    failures = load_failures([sweep_dir])
+    csv, md = sweep_dir / "leaderboard.csv", sweep_dir / "leaderboard.md"
+    if runs.empty and not failures.empty:  # every job failed: the reports say so
+        _atomic_write(csv, failures.to_csv(index=False, lineterminator="\n"))
+        _atomic_write(md, "\n".join(["# Leaderboard", "", *failure_lines(failures)]) + "\n")
+        return [csv, md]
     if runs.empty:
         raise FileNotFoundError(f"no usable metrics.json under {sweep_dir}")
     board = leaderboard(runs, primary)
+    board.attrs["failures"] = failure_lines(failures)
     rank = {tuple(r): i for i, r in enumerate(board[KEYS].itertuples(index=False))}
     order = runs[KEYS].apply(lambda r: rank.get(tuple(r), len(rank)), axis=1)
     per_run = runs.assign(_rank=order).sort_values(["_rank", "seed"], kind="stable").drop(columns="_rank")
@@ -302,9 +339,10 @@ def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
         front = [c for c in per_run.columns if c != "run_dir"]
         per_run = per_run.merge(board[[*KEYS, *significance.COLUMNS]], on=KEYS, how="left")
         per_run = per_run[[*front, *significance.COLUMNS, "run_dir"]]
-    csv, md = sweep_dir / "leaderboard.csv", sweep_dir / "leaderboard.md"
-    _atomic_write(csv, per_run.drop(columns=["monitor", "monitor_mode"], errors="ignore")
-                  .to_csv(index=False, lineterminator="\n"))
+    per_run = per_run.drop(columns=["monitor", "monitor_mode"], errors="ignore")
+    if not failures.empty:  # failed jobs are rows too, with their error
+        per_run = pd.concat([per_run.assign(status="finished"), failures], ignore_index=True)
+    _atomic_write(csv, per_run.to_csv(index=False, lineterminator="\n"))
     _atomic_write(md, leaderboard_markdown(board))
     if not html:
         return [csv, md]
@@ -333,17 +371,26 @@ class LeaderboardCallback(Callback):
         if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN"):
             self._write(config, final=False)  # md + csv only: the plots (seconds) are drawn once, at the end
 
+    #: Failed jobs (their error.json) found when the last multirun ended: ``train.py`` then exits 1.
+    failed_jobs: ClassVar[list[str]] = []
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._write(config, final=True)
+        failures = load_failures([Path(str(config.hydra.sweep.dir))])
+        LeaderboardCallback.failed_jobs = list(failures["run_dir"])
+        for row in failures.itertuples():
+            log.error("job %s failed: %s", row.run_dir, row.error)
 
     def _write(self, config: DictConfig, final: bool) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             runs = load_runs([sweep_dir])
-            if runs.empty:
+            if runs.empty and load_failures([sweep_dir]).empty:
                 (log.warning if final else log.debug)("no metrics.json under %s: no leaderboard", sweep_dir)
                 return
             written = write_leaderboard(sweep_dir, runs, html=final)
+            if runs.empty:  # every job failed: the leaderboard lists them, there is nothing to rank
+                return
             if final:
                 board = leaderboard(runs)
                 Console().print(leaderboard_table(board))

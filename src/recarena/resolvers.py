@@ -3,6 +3,8 @@
 - ``${recarena.optuna_direction:${eval.monitor_mode}}`` (conf/hparams_search/): :func:`recarena.hparams.optuna_direction`;
 - ``${recarena.families:}`` (experiment=compare_families): every family preset of ``conf/family/``, comma-separated
   for a sweeper's ``params`` (:func:`recarena.checks.family_presets`);
+- ``${recarena.pid:}`` (``hydra.run.dir``): this process's id, so that two runs started in the same second get
+  two run dirs;
 - ``${recarena.sweep_group:}`` (``group`` in conf/train.yaml): in a multirun, a name for the sweep, so that its jobs'
   W&B runs and the sweep-end leaderboard run share one group without ``group=`` on the command line; None in a
   single run or outside Hydra (the compose API).
@@ -12,6 +14,7 @@ Only omegaconf is imported here: ``import recarena`` stays light.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -51,6 +54,6 @@ def families() -> str:
 def register_resolvers() -> None:
     """Register every ``recarena.*`` resolver (idempotent; before Hydra composes a config)."""
     for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group),
-                           ("recarena.families", families)):
+                           ("recarena.families", families), ("recarena.pid", os.getpid)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

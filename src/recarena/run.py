@@ -11,26 +11,30 @@ import json
 import logging
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import atomic_file
 from recarena.checks import ConfigError, check_config, option_name
+from recarena.cli_errors import USER_ERRORS
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.report import config_key
 from recarena.run_config import run_hyperparameters
-from recarena.rundir import save_run_data
+from recarena.rundir import ERROR_FILE, clear_run_dir, is_finished, same_config, save_run_data
 from recarena.threads import AUTO, job_threads, use_threads
 from recarena.timing import EpochTimer
 from recarena.wandb_report import has_wandb_logger, log_run_report, write_wandb_summary
@@ -106,6 +110,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     use_threads(threads)
     output_dir = Path(output_dir or _hydra_output_dir() or tempfile.mkdtemp(prefix="recarena-"))
     output_dir.mkdir(parents=True, exist_ok=True)
+    if (finished := _claim_run_dir(cfg, output_dir)) is not None:
+        return finished
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -118,7 +124,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         print_stats(cfg.data.name, cfg.split.name, dm.stats)
 
     model = build_model(cfg, dm)
-    timer = EpochTimer(monitor=str(cfg.eval.monitor), mode=str(cfg.eval.monitor_mode))
+    timer = EpochTimer()
     trainer = build_trainer(cfg, output_dir, timer)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     _log_run_config(cfg, trainer, model, dm, output_dir, threads)
@@ -131,8 +137,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     fit_seconds = time.perf_counter() - fit_started
     best_path = _best_checkpoint(trainer)
     if model.trainable and best_path:
-        # callback_metrics hold the last epoch's validation; report the best checkpoint's, like the test.
-        trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
+        # callback_metrics hold the last epoch's validation; report the best checkpoint's, like the test. Not
+        # logged: the curves (CSV, W&B) show each epoch once; the summary is written from metrics.json.
+        with _loggers_off(trainer):
+            trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
     val_metrics = _metrics_with_prefix(trainer, "val/")
 
     test_metrics: dict[str, float] = {}
@@ -164,7 +172,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "monitor_mode": str(cfg.eval.monitor_mode),
         "val": val_metrics,
         "test": test_metrics,
-        "best_epoch": timer.best_epoch,
+        # 1-based epoch of the best checkpoint (the model validated and tested); None for fitted families.
+        "best_epoch": _checkpoint_epochs(best_path) if model.trainable and best_path else None,
         "epochs": int(trainer.current_epoch) if model.trainable else 0,
         "fit_seconds": round(fit_seconds, 3),
         "train_seconds": round(timer.train_seconds, 3),
@@ -201,6 +210,60 @@ def _log_run_config(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModul
         logger.log_hyperparams(params)
 
 
+def train_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """One job of a multirun: :func:`train`, except that a failure (a user error or a bug) does not end the sweep.
+    The job's one-line error goes to stderr and to ``error.json`` in its run dir (the sweep's leaderboard lists it
+    as a failed row), and None is returned (a failed trial for Optuna); the sweep then exits 1 once every job ran
+    and the reports were written (:class:`recarena.report.LeaderboardCallback`)."""
+    try:
+        return train(cfg)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, USER_ERRORS):
+            log.exception("job failed")
+            line = f"{type(error).__name__}: {line}"
+        print(f"error: {line}", file=sys.stderr)
+        _write_error(cfg, line)
+        return None
+
+
+def _write_error(cfg: DictConfig, line: str) -> None:
+    output_dir = Path(_hydra_output_dir() or ".")
+    if is_finished(output_dir):  # a refused dir: its finished run stays as it was
+        return
+    choices = _hydra().runtime.choices if _hydra() else {}
+    overrides = _task_overrides()
+    record = {"format_version": METRICS_FORMAT_VERSION, "status": "failed", "error": line,
+              **{group: choices.get(group) or "" for group in ("model", "loss", "data", "split")},
+              "seed": cfg.get("seed"), "overrides": overrides, "config_key": config_key(overrides)}  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / ERROR_FILE, record)
+
+
+def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """A run dir holds one run. A finished run (``metrics.json``) is refused unless ``overwrite=true``, except in a
+    multirun whose job there finished with the same resolved config: the rerun sweep skips it and returns its
+    metrics (resuming a sweep). A run that resumes from a checkpoint (``ckpt_path``) continues the dir's run;
+    otherwise an earlier run's artefacts are removed, so that nothing of two runs is mixed."""
+    hydra = _hydra()
+    multirun = hydra is not None and hydra.mode == RunMode.MULTIRUN
+    if cfg.get("ckpt_path"):  # resuming (or continuing a finished run): its checkpoints and files are this run's
+        return None
+    if is_finished(output_dir) and not cfg.get("overwrite", False):
+        if multirun and same_config(output_dir, OmegaConf.to_container(cfg, resolve=True)):
+            log.info("%s finished with this config already: skipped", output_dir)
+            return json.loads((output_dir / "metrics.json").read_text())
+        key, which = ("hydra.sweep.dir", " of another config") if multirun else ("hydra.run.dir", "")
+        raise ConfigError(
+            f"{key}: {output_dir} holds a finished run (metrics.json){which}: choose another {key}, or add "
+            "overwrite=true to replace it."
+        )
+    clear_run_dir(output_dir)
+    return None
+
+
 def refits_for_test(cfg: DictConfig, model: L.LightningModule) -> bool:
     """Whether the test needs a retrained model: ``eval.test_known=train+val`` and a family whose users are ids
     learnt by gradient (``test_inputs == "refit"``: it cannot read validation ratings any other way)."""
@@ -234,9 +297,19 @@ def _refit_and_test(cfg: DictConfig, dm: MovieLensDataModule, output_dir: Path, 
     return _metrics_with_prefix(trainer, "test/")
 
 
+@contextlib.contextmanager
+def _loggers_off(trainer: L.Trainer) -> Iterator[None]:
+    loggers = trainer.loggers
+    trainer.loggers = []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
+
+
 def _checkpoint_epochs(path: str) -> int:
     """Epochs trained up to a Lightning checkpoint (it records the 0-based epoch it was saved in)."""
-    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"]) + 1
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
 
 
 def _use_saved_run(cfg: DictConfig, trainer: L.Trainer, output_dir: Path, family: type) -> None:

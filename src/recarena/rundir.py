@@ -20,6 +20,7 @@ dir, as much as its parsed corpus in the data cache; ``save_run_data=false`` ski
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from recarena.data.splits import Split, read_split, write_split
 #: Bump when the run dir's layout changes in a way an older reader would misread.
 RUN_FORMAT_VERSION = 1
 RUN_FILE = "run.json"
+#: A job of a multirun that failed: its one-line error, configuration and seed (recarena.run.train_job).
+ERROR_FILE = "error.json"
 CORPUS_DIR = "data/corpus"
 SPLIT_FILE = "data/split.npz"
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
@@ -47,6 +50,31 @@ def is_finished(run_dir: Path) -> bool:
     """Whether a run dir holds a finished run: ``metrics.json`` is written last, atomically, once training, testing
     and the run data are done. The one check that resuming work (``recarena benchmark``) relies on."""
     return (Path(run_dir) / "metrics.json").is_file()
+
+
+#: What a run writes into its run dir (Hydra's own .hydra/ and train.log excepted): removed before a fresh run
+#: reuses the dir, so that nothing of an earlier run is mixed with the new one.
+RUN_ARTEFACTS = ("metrics.json", RUN_FILE, "config.yaml", ERROR_FILE, "per_user_metrics.parquet", "checkpoints",
+                 "data", "export", "explain", "csv", "tensorboard", "wandb")  # fmt: skip
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's artefacts from ``run_dir`` (``metrics.json`` first: from then on the dir no longer
+    reads as finished, even if this is interrupted)."""
+    for name in RUN_ARTEFACTS:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def same_config(run_dir: Path, resolved: dict[str, Any]) -> bool:
+    """Whether the run in ``run_dir`` was trained with this resolved config (its ``config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    return path.is_file() and OmegaConf.to_container(OmegaConf.load(path)) == resolved
 
 
 class RunError(ValueError):
@@ -83,6 +111,12 @@ def read_run_meta(run_dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
         version = meta.get("format_version")
     except FileNotFoundError:
+        if not is_finished(run_dir):
+            raise RunError(
+                f"{run_dir} holds a run that did not finish (no run.json, no metrics.json): resume it with "
+                f"python train.py <its overrides> hydra.run.dir={run_dir} ckpt_path={run_dir}/checkpoints/last.ckpt, "
+                "or retrain it"
+            ) from None
         version, meta = None, {}
     except (json.JSONDecodeError, AttributeError) as err:
         raise RunError(f"{path} is unreadable ({err}): retrain the run") from None

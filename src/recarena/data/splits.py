@@ -167,7 +167,7 @@ SPLITTERS: dict[str, tuple[Splitter, dict[str, Any], bool]] = {
 }
 
 
-def _params(cfg: Mapping) -> tuple[str, dict[str, Any]]:
+def split_parameters(cfg: Mapping) -> tuple[str, dict[str, Any]]:
     """The strategy name and its effective parameters (defaults filled in, checked)."""
     name = str(cfg.get("name", "temporal"))
     if name not in SPLITTERS:
@@ -194,7 +194,7 @@ def make_split(corpus: Corpus, cfg: Mapping, seed: int) -> Split:
     Raises:
         DataError: when train or test comes out empty (too few ratings or users for the chosen split).
     """
-    name, p = _params(cfg)
+    name, p = split_parameters(cfg)
     if not corpus.n_ratings:
         raise DataError(f"cannot split {corpus.name}: it has no ratings (check the curation options)")
     parts: Parts = {"known": np.empty(0, dtype=np.int64)}
@@ -212,7 +212,7 @@ def make_split(corpus: Corpus, cfg: Mapping, seed: int) -> Split:
 
 def split_cache_path(cache_dir: Path, corpus_key: str, cfg: Mapping, seed: int) -> Path:
     """``cache_dir/splits/<key>.npz``; the seed enters the key only for strategies it changes."""
-    name, p = _params(cfg)
+    name, p = split_parameters(cfg)
     seeded = _seed(cfg, seed) if SPLITTERS[name][2] else None
     payload = {"v": SPLIT_FORMAT_VERSION, "corpus": corpus_key, "name": name, "params": p, "seed": seeded}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -56,6 +56,15 @@ ACCURACY_METRICS = ("recall", "ndcg", "hit_rate", "mrr", "precision")
 BEYOND_METRICS = ("coverage", "popularity", "long_tail")
 #: Per-user columns kept with ``keep_per_user=True`` (per K; coverage has no per-user value).
 PER_USER_METRICS = (*ACCURACY_METRICS, "popularity", "long_tail")
+#: The held-out rating errors of families that predict ratings (RatingMetrics).
+RATING_METRICS = ("rmse", "mae")
+
+
+def metric_names(ks: Sequence[int], ratings: bool) -> list[str]:
+    """Names of every metric an evaluation logs (before its ``val/`` or ``test/`` prefix): each ranking metric at
+    each K, the user counts, and RMSE/MAE when the family predicts ratings."""
+    ranking = [f"{name}@{k}" for name in (*ACCURACY_METRICS, *BEYOND_METRICS) for k in ks]
+    return [*(RATING_METRICS if ratings else ()), *ranking, "users_ranked", "users_skipped"]
 
 
 def head_mask(item_popularity: torch.Tensor, head_share: float) -> torch.Tensor:
