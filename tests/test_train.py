@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from recarena.checks import ConfigError
 from recarena.run import train
@@ -272,3 +273,30 @@ def test_eval_max_users_scores_a_sample_and_says_so(make_cfg) -> None:
     assert sampled["test"]["test/ndcg@10"] != full["test"]["test/ndcg@10"]
     with pytest.raises(ConfigError, match="eval.max_users"):
         train(make_cfg("model=popularity", "eval.max_users=0"))
+
+
+@pytest.mark.parametrize("model", ["mf", "mlp"])
+def test_the_rating_range_comes_from_the_data_not_the_familys_yaml(make_cfg, tmp_path: Path, model: str) -> None:
+    """A 1-10 scale: y_range null (the default) gives (0, 10.5), so predictions are not capped at 5.5 as a
+    hard-coded (0, 5.5) did; on 1-5 stars the same rule gives fastai's (0, 5.5)."""
+    from recarena.inference import load_run
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "mine", "custom", n_users=40, n_items=30, n_ratings=600)
+    ratings = pd.read_csv(root / "ratings.csv")
+    ratings["rating"] = (ratings["rating"] * 2).round().clip(1, 10).astype(int)  # 1..10
+    ratings.to_csv(root / "ratings.csv", index=False)
+    result = train(make_cfg(f"model={model}", "data=custom", f"data.path={root / 'ratings.csv'}",
+                            f"data.items_path={root / 'items.csv'}", "data.rating_scale=[1,10,1]",
+                            "trainer.max_epochs=20", "callbacks.early_stopping=null", tiny=False))  # fmt: skip
+    run = load_run(tmp_path / "run")
+    assert (run.model.squash.low, run.model.squash.high) == (0.0, 10.5)
+    mean = float(ratings["rating"].mean())
+    assert mean > 5.5
+    # Above the old cap of 5.5 (where the ratings' mean lies too), and an RMSE of the 1-10 scale's order.
+    users = torch.arange(run.model.schema.n_users).repeat_interleave(run.model.schema.n_items)
+    items = torch.arange(run.model.schema.n_items).repeat(run.model.schema.n_users)
+    with torch.no_grad():
+        predictions = run.model.predict_ratings(users, items)
+    assert float(predictions.max()) > 5.5
+    assert result["test"]["test/rmse"] < float(ratings["rating"].std()) + 0.5

@@ -8,6 +8,15 @@ import torch
 from torch import nn
 
 
+def rating_range(y_range: Sequence[float] | None, low: float, high: float) -> tuple[float, float]:
+    """The sigmoid's output range: ``y_range`` when given, else from the data's rating scale ``[low, high]``:
+    ``(low - 1, high + 0.5)``, fastai's (0, 5.5) on 1-5 stars and (0, 10.5) on a 1-10 scale, so a family's
+    default never caps the predictions of another scale."""
+    if y_range is None:
+        return float(low) - 1.0, float(high) + 0.5
+    return float(y_range[0]), float(y_range[1])
+
+
 class SigmoidRange(nn.Module):
     """``lo + (hi - lo) * sigmoid(x)``: squashes a logit into the rating range (fastai's ``sigmoid_range``).
 

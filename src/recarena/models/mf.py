@@ -25,7 +25,7 @@ from torch import nn
 
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
-from recarena.models.layers import SigmoidRange, touched_rows_l2
+from recarena.models.layers import SigmoidRange, rating_range, touched_rows_l2
 
 
 class MatrixFactorization(RecommenderModule):
@@ -33,7 +33,7 @@ class MatrixFactorization(RecommenderModule):
 
     Args:
         n_factors: embedding size (seed 003: 50).
-        y_range: (lo, hi) of the sigmoid range.
+        y_range: (lo, hi) of the sigmoid range; None: from the data's rating scale.
         l2: λ of the penalty on the rows a batch touches (0 = none).
         init_std: std of the normal initialisation of the factors (biases start at 0).
         **kwargs: see :class:`RecommenderModule`.
@@ -46,7 +46,7 @@ class MatrixFactorization(RecommenderModule):
         schema: Schema | dict[str, Any],
         loss: Loss,
         n_factors: int = 50,
-        y_range: Sequence[float] = (0.0, 5.5),
+        y_range: Sequence[float] | None = None,
         l2: float = 0.0,
         init_std: float = 0.01,
         optimizer: partial | None = None,
@@ -64,7 +64,7 @@ class MatrixFactorization(RecommenderModule):
             nn.init.normal_(table.weight, std=init_std)
         for table in (self.user_bias, self.item_bias):
             nn.init.zeros_(table.weight)
-        self.squash = SigmoidRange(y_range)
+        self.squash = SigmoidRange(rating_range(y_range, self.schema.rating_low, self.schema.rating_high))
         self.l2 = l2
 
     def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import nn
 
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
-from recarena.models.layers import SigmoidRange, touched_rows_l2
+from recarena.models.layers import SigmoidRange, rating_range, touched_rows_l2
 
 #: Upper bound on one (users x items x width) activation block in ``score_all``, in bytes.
 SCORE_BLOCK_BYTES = 256 * 2**20
@@ -50,7 +50,7 @@ class CollabMLP(RecommenderModule):
         user_dim, item_dim: embedding sizes; None = :func:`embedding_size` of the number of users / items.
         hidden: widths of the hidden layers (ReLU after each); empty = a linear model on the embeddings.
         dropout: dropout probability after each hidden layer's ReLU.
-        y_range: (lo, hi) of the sigmoid range of predicted ratings.
+        y_range: (lo, hi) of the sigmoid range of predicted ratings; None: from the data's rating scale.
         l2: λ of the penalty on the embedding rows a batch touches (0 = none).
         init_std: std of the normal initialisation of the embeddings (the linear layers keep torch's default).
         **kwargs: see :class:`RecommenderModule`.
@@ -66,7 +66,7 @@ class CollabMLP(RecommenderModule):
         item_dim: int | None = None,
         hidden: Sequence[int] = (100,),
         dropout: float = 0.0,
-        y_range: Sequence[float] = (0.0, 5.5),
+        y_range: Sequence[float] | None = None,
         l2: float = 0.0,
         init_std: float = 0.01,
         optimizer: partial | None = None,
@@ -90,7 +90,7 @@ class CollabMLP(RecommenderModule):
             rest += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(width_in, width_out)]
         self.rest = nn.Sequential(*rest)
         self.max_width = max(widths[1:])
-        self.squash = SigmoidRange(y_range)
+        self.squash = SigmoidRange(rating_range(y_range, self.schema.rating_low, self.schema.rating_high))
         self.l2 = l2
 
     def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
