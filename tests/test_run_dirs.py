@@ -158,3 +158,19 @@ def test_a_sweep_whose_every_job_fails_still_writes_its_leaderboard(tmp_path: Pa
     assert proc.returncode == 1, proc.stderr[-3000:]
     board = (sweep / "leaderboard.md").read_text()
     assert "2 jobs failed" in board and "optimizer.lr must be a positive number" in board
+
+
+@pytest.mark.parametrize("loss", ["mse", "bpr"])
+def test_one_epoch_and_a_resumed_one_give_what_two_straight_epochs_give(
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, loss: str
+) -> None:
+    """The epoch's shuffle (seeded by the restored epoch) and the random streams (BPR's negatives) continue as if
+    the run had never stopped: the same metrics.json metrics as running straight through (same machine, CPU)."""
+    monkeypatch.setenv("RECARENA_DATA", str(data_cache))
+    base = [*TINY_DATA, *QUIET, "model=mf", f"loss={loss}", "callbacks.early_stopping=null"]
+    straight = train(compose_config([*base, "trainer.max_epochs=2"], tmp_path / "straight"))
+    train(compose_config([*base, "trainer.max_epochs=1"], tmp_path / "resumed"))
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_config([*base, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "resumed"))
+    assert resumed["epochs"] == straight["epochs"] == 2
+    assert resumed["val"] == straight["val"] and resumed["test"] == straight["test"]

@@ -32,6 +32,7 @@ from recarena.checks import ConfigError, check_config, option_name
 from recarena.cli_errors import USER_ERRORS
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
+from recarena.random_state import RandomState
 from recarena.report import config_key
 from recarena.run_config import run_hyperparameters
 from recarena.rundir import ERROR_FILE, clear_run_dir, is_finished, same_config, save_run_data
@@ -100,7 +101,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Tra
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=[*callbacks, timer], logger=loggers or False, default_root_dir=output_dir)
+    callbacks += [timer, RandomState()]  # RandomState: a resumed run draws what the straight run would have
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir)
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:

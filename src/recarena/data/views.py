@@ -111,6 +111,16 @@ class ShuffledBatches:
         self.epoch = 0
 
     @property
+    def sampler(self) -> ShuffledBatches:
+        """Itself: at the start of every training epoch Lightning calls ``dataloader.sampler.set_epoch(epoch)``
+        with its own epoch counter, which a resumed run restores from the checkpoint, so epoch e is shuffled by
+        ``seed + e`` whether the run got there straight or through a resume."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
     def minibatches_per_epoch(self) -> int:
         """Optimiser steps per epoch (what an LR schedule counts)."""
         rows_per_rank = self.n_rows // self.world_size
