@@ -174,3 +174,23 @@ def test_one_epoch_and_a_resumed_one_give_what_two_straight_epochs_give(
     resumed = train(compose_config([*base, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "resumed"))
     assert resumed["epochs"] == straight["epochs"] == 2
     assert resumed["val"] == straight["val"] and resumed["test"] == straight["test"]
+
+
+def test_a_checkpoint_save_killed_midway_leaves_the_previous_one_whole(tmp_path: Path, monkeypatch) -> None:
+    from recarena.checkpoint_io import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "best.ckpt"
+    io.save_checkpoint({"epoch": 1, "weights": torch.arange(10)}, path)
+    real_save = torch.save
+
+    def killed(obj, handle, *args, **kwargs):  # half the bytes reach the disk, then the process "dies"
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(handle.tell() // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.arange(1000)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1  # the previous checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["best.ckpt"]  # no temporary file left behind

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import atomic_file
+from recarena.checkpoint_io import AtomicCheckpointIO
 from recarena.checks import ConfigError, check_config, option_name
 from recarena.cli_errors import USER_ERRORS
 from recarena.data.datamodule import MovieLensDataModule
@@ -102,7 +103,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Tra
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks += [timer, RandomState()]  # RandomState: a resumed run draws what the straight run would have
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
+                       plugins=[AtomicCheckpointIO()])  # fmt: skip
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
