@@ -194,3 +194,16 @@ def test_a_checkpoint_save_killed_midway_leaves_the_previous_one_whole(tmp_path:
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1  # the previous checkpoint, whole
     assert [p.name for p in path.parent.iterdir()] == ["best.ckpt"]  # no temporary file left behind
+
+
+def test_a_failed_jobs_line_names_the_root_cause() -> None:
+    from recarena.run import _error_line
+
+    try:
+        try:
+            raise ZeroDivisionError("division by zero\nmore detail")
+        except ZeroDivisionError as inner:
+            raise RuntimeError("Error in call to target 'recarena.models.mf.MatrixFactorization':") from inner
+    except RuntimeError as error:
+        assert _error_line(error) == "ZeroDivisionError: division by zero"
+    assert _error_line(ConfigError("batch_size must be positive\nsecond")) == "batch_size must be positive"

@@ -224,13 +224,23 @@ def train_job(cfg: DictConfig) -> dict[str, Any] | None:
     except KeyboardInterrupt:
         raise
     except Exception as error:
-        line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        line = _error_line(error)
         if not isinstance(error, USER_ERRORS):
             log.exception("job failed")
-            line = f"{type(error).__name__}: {line}"
         print(f"error: {line}", file=sys.stderr)
         _write_error(cfg, line)
         return None
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for a failed job: a user error's own message; for anything else its type and first line, down to
+    the root cause (Hydra wraps a constructor's error in an InstantiationException)."""
+    if isinstance(error, USER_ERRORS):
+        return str(error).strip().splitlines()[0]
+    while error.__cause__ is not None:
+        error = error.__cause__
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}".rstrip(": ")
 
 
 def _write_error(cfg: DictConfig, line: str) -> None:
