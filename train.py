@@ -12,9 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 import recarena  # noqa: F401  (registers the ${recarena.*:...} resolvers of conf/ before Hydra composes)
-from recarena.checks import check_launcher_plugin
 from recarena.cli_errors import exit_on_user_error
-from recarena.report import LeaderboardCallback
+from recarena.launchers import check_launcher_plugin
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -36,5 +35,8 @@ if __name__ == "__main__":
     with exit_on_user_error():
         check_launcher_plugin(sys.argv[1:])
     main()
-    if LeaderboardCallback.failed_jobs:  # every job ran and the reports are written; the sweep still failed
+    # The leaderboard callback (recarena.report, loaded by Hydra when a run starts) lists a multirun's failed jobs: every
+    # job ran and the reports are written, but the sweep failed.
+    board = sys.modules.get("recarena.report")
+    if board is not None and board.LeaderboardCallback.failed_jobs:
         sys.exit(1)

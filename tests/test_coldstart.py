@@ -13,8 +13,8 @@ import torch
 
 from recarena import load_run
 from recarena.cli import main
+from recarena.errors import RunError
 from recarena.inference import ITEM_COLUMNS, Run
-from recarena.rundir import RunError
 from tests.conftest import Trained
 
 MADE_UP = ("twotower_logq", "siamese")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from recarena.checks import ConfigError, check_config, compatible_losses
+from recarena.checks import check_config, compatible_losses
+from recarena.errors import ConfigError
 from recarena.models.base import Schema
 from tests.conftest import CONF_DIR, compose_config
 

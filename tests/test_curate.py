@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recarena.data.corpus import Corpus, DataError, RatingScale
+from recarena.data.corpus import Corpus, RatingScale
 from recarena.data.curate import curate, curation_key
+from recarena.errors import DataError
 
 NONE = {"min_item_ratings": 0, "min_user_ratings": 0, "min_item_mean": None, "max_users": None, "fraction": 1.0}
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from recarena.data.corpus import DataError
+from recarena.errors import DataError
 from recarena.evaluation import BATCH_KEYS, MAX_SCORE_CELLS, EvalData, effective_chunk_size
 
 

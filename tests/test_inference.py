@@ -20,8 +20,9 @@ from recarena import load_run
 from recarena.checks import family_presets
 from recarena.cli import main
 from recarena.data.corpus import Corpus
+from recarena.errors import RunError
 from recarena.inference import Run, resolve_movie
-from recarena.rundir import RUN_FORMAT_VERSION, RunError
+from recarena.rundir import RUN_FORMAT_VERSION
 from tests.conftest import FAMILIES, FAST, TINY_DATA, Trained, compose_config
 
 

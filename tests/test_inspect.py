@@ -18,8 +18,8 @@ import torch
 from recarena import load_run
 from recarena.checks import family_presets
 from recarena.cli import main
+from recarena.errors import RunError
 from recarena.inspection import bias_table, evaluate, explain, export, item_pca, read_embeddings
-from recarena.rundir import RunError
 from tests.conftest import Trained
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,9 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from recarena import checks, threads
-from recarena.checks import ConfigError, check_launcher_plugin
+from recarena import launchers, threads
+from recarena.errors import ConfigError
+from recarena.launchers import check_launcher_plugin
 from tests.conftest import TINY_DATA
 from tests.test_train import _run_train
 
@@ -69,8 +70,8 @@ def test_bad_threads_is_one_line_and_exit_code_2(value: str, parsed: str, tmp_pa
 @pytest.mark.parametrize("name", ["joblib", "parallel", "submitit_slurm", "slurm"])
 def test_a_missing_launcher_plugin_names_the_extra(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plugin's own config or a conf/hydra/launcher/ preset built on it: one line, what to install."""
-    missing = {plugin: ("hydra_plugins.not_installed_here", extra) for plugin, (_, extra) in checks.LAUNCHER_PLUGINS.items()}
-    monkeypatch.setattr(checks, "LAUNCHER_PLUGINS", missing)
+    missing = {plugin: ("hydra_plugins.not_installed_here", extra) for plugin, (_, extra) in launchers.LAUNCHER_PLUGINS.items()}
+    monkeypatch.setattr(launchers, "LAUNCHER_PLUGINS", missing)
     with pytest.raises(ConfigError, match=re.escape(f"hydra/launcher={name} needs Hydra's ")) as error:
         check_launcher_plugin(["model=mf", f"hydra/launcher={name}"])
     assert str(error.value).endswith("pip install 'recarena[launchers]'.")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from recarena.checks import ConfigError, check_config, compatible_losses
+from recarena.checks import check_config, compatible_losses
+from recarena.errors import ConfigError
 from recarena.losses import (
     BPRLoss,
     FrequencyQ,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from recarena.checks import ConfigError, check_config, compatible_losses
+from recarena.checks import check_config, compatible_losses
+from recarena.errors import ConfigError
 from recarena.losses import MSELoss
 from recarena.models import mlp as mlp_module
 from recarena.models.base import Schema

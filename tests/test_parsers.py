@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recarena.data import movielens as ml
-from recarena.data.corpus import DataError
+from recarena.errors import DataError
 from tests.data_factories import append_lines, make_items, make_ratings, make_users, n_lines, write_release
 
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 from recarena.losses import AlternatingLoss, NoLoss
 from recarena.models.base import Schema
 from recarena.models.ease import EASE, ease_weights

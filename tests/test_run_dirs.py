@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recarena.checks import ConfigError, check_config
+from recarena.checks import check_config
 from recarena.cli import main as cli
+from recarena.errors import ConfigError
 from recarena.run import train
 from tests.conftest import TINY_DATA, compose_config
 from tests.test_train import REPO, _run_train

@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from recarena.checks import ConfigError, check_config
+from recarena.checks import check_config
 from recarena.data.datamodule import MovieLensDataModule
+from recarena.errors import ConfigError
 from recarena.losses.triplet import TripletLoss
 from recarena.models.base import Schema
 from recarena.models.siamese import Siamese

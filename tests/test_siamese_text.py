@@ -15,10 +15,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recarena.checks import ConfigError
 from recarena.data import text_encoding
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
 from recarena.data.triplets import MiningOptions, triplet_data
+from recarena.errors import ConfigError
 from recarena.losses.triplet import TripletLoss
 from recarena.models.siamese import Siamese
 from recarena.run import train

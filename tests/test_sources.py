@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from recarena.data import sources
-from recarena.data.corpus import Corpus, DataError
+from recarena.data.corpus import Corpus
+from recarena.errors import DataError
 from tests.conftest import ml100k_cache
 from tests.data_factories import digest, make_recbole_wheel, write_release, zip_dir
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recarena.data import splits as S
-from recarena.data.corpus import Corpus, DataError
+from recarena.data.corpus import Corpus
 from recarena.data.splits import (
     SPLITTERS,
     Split,
@@ -18,6 +18,7 @@ from recarena.data.splits import (
     make_split,
     split_stats,
 )
+from recarena.errors import DataError
 from tests.test_curate import make_corpus
 
 CFGS = {

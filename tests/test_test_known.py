@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import recarena.run as run_module
-from recarena.checks import ConfigError, check_config, family_presets
+from recarena.checks import check_config, family_presets
+from recarena.errors import ConfigError
 from recarena.models.base import RecommenderModule
 from tests.conftest import FAST, TINY_DATA, compose_config
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 from recarena.run import train
 from tests.conftest import TINY_DATA, ml100k_cache
 
@@ -216,7 +216,7 @@ def test_downloaded_release_in_data_root_trains(make_cfg, tmp_path: Path, layout
 
 
 def test_missing_release_file_names_it(make_cfg, tmp_path: Path) -> None:
-    from recarena.data.corpus import DataError
+    from recarena.errors import DataError
 
     empty = tmp_path / "ml-1m"
     empty.mkdir()
@@ -300,3 +300,16 @@ def test_the_rating_range_comes_from_the_data_not_the_familys_yaml(make_cfg, tmp
         predictions = run.model.predict_ratings(users, items)
     assert float(predictions.max()) > 5.5
     assert result["test"]["test/rmse"] < float(ratings["rating"].std()) + 0.5
+
+
+def test_help_and_the_start_up_checks_import_no_torch(tmp_path: Path) -> None:
+    """`python train.py --help` (and the launcher check before Hydra composes) stay light: the user-error classes
+    live in recarena.errors, which imports nothing."""
+    probe = ("import runpy, sys\nsys.argv = ['train.py', '--help']\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'lightning', 'recarena.run') if m in sys.modules))")  # fmt: skip
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Powered by Hydra" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"

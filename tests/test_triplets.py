@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recarena.checks import ConfigError
 from recarena.data import mining
 from recarena.data.corpus import Corpus, RatingScale
 from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets, split_by_anchor
+from recarena.errors import ConfigError
 
 CATALOGUE = [  # item -> descriptors
     {"drama", "1990s", "war"},  # 0: shares 3 with 1, 2 with 2

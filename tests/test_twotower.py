@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, make_split
+from recarena.errors import ConfigError
 from recarena.losses import MSELoss
 from recarena.models.base import Schema
 from recarena.models.twotower import TwoTower

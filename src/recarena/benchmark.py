@@ -42,15 +42,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from recarena.atomic import atomic_file
-from recarena.checks import (
-    CONF_DIR,
-    ConfigError,
-    check_config,
-    check_launcher_plugin,
-    family_presets,
-    group_targets,
-)
+from recarena.checks import CONF_DIR, check_config, family_presets, group_targets
 from recarena.cli_errors import exit_on_user_error
+from recarena.errors import ConfigError
+from recarena.launchers import check_launcher_plugin
 from recarena.rundir import ERROR_FILE, is_finished
 
 log = logging.getLogger(__name__)

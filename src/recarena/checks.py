@@ -6,32 +6,23 @@ groups themselves (``conf/loss/*.yaml``, the release registry), so adding a fami
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from recarena.errors import ConfigError
+from recarena.paths import CONF_DIR
+
 _ABSENT = object()
 
-
-#: Hydra launcher configs that a plugin provides -> (its module, the pip extra that installs it).
-LAUNCHER_PLUGINS = {
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
-    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
-    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
-}
 
 #: eval.test_known: what a model may know at test time.
 TEST_KNOWN = ("train", "train+val")
 
 
-class ConfigError(ValueError):
-    """An option or a combination of options that cannot work; the message says which and what to use."""
 
 
 def group_targets(group: str) -> dict[str, str]:
@@ -203,27 +194,6 @@ def check_extras(cfg: DictConfig) -> None:
         from recarena.data.text_encoding import require_text_extra
 
         require_text_extra()
-
-
-def check_launcher_plugin(overrides: list[str]) -> None:
-    """``hydra/launcher=NAME`` (a plugin's config, or one of conf/hydra/launcher/ built on it) needs its plugin
-    installed; without it Hydra's own error lists configs, not what to install. Call before Hydra composes."""
-    names = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra/launcher=")]
-    for name in names:
-        preset = CONF_DIR / "hydra" / "launcher" / f"{name}.yaml"
-        base = [str(d) for d in OmegaConf.load(preset).get("defaults", [])] if preset.is_file() else [name]
-        for plugin in (b for b in base if b in LAUNCHER_PLUGINS):
-            module, extra = LAUNCHER_PLUGINS[plugin]
-            if not _importable(module):
-                raise ConfigError(f"hydra/launcher={name} needs Hydra's {plugin} launcher plugin: "
-                                  f"pip install 'recarena[{extra}]'.")  # fmt: skip
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package (hydra_plugins) is missing too
-        return False
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -7,11 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from recarena.checks import ConfigError
-from recarena.data.corpus import DataError
-from recarena.rundir import RunError
-
-USER_ERRORS = (ConfigError, DataError, RunError)
+from recarena.errors import USER_ERRORS
 
 
 @contextlib.contextmanager

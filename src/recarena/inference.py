@@ -28,10 +28,11 @@ from torch.nn import functional as F
 from recarena.checks import group_targets
 from recarena.data.corpus import Corpus
 from recarena.data.datamodule import MovieLensDataModule
+from recarena.errors import RunError
 from recarena.evaluation.heldout import EvalData, effective_chunk_size
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
-from recarena.rundir import RunError, checkpoint_path, is_count, read_run_data, read_run_meta
+from recarena.rundir import checkpoint_path, is_count, read_run_data, read_run_meta
 
 #: Columns describing a movie in every frame the API returns.
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]

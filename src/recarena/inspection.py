@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 
 from recarena.atomic import atomic_file
+from recarena.errors import RunError
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.inference import Run, families_that
-from recarena.rundir import RunError, checkpoint_path, is_count
+from recarena.rundir import checkpoint_path, is_count
 from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
 
 log = logging.getLogger(__name__)

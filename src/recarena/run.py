@@ -29,10 +29,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import atomic_file
 from recarena.checkpoint_io import AtomicCheckpointIO
-from recarena.checks import ConfigError, check_config, option_name
-from recarena.cli_errors import USER_ERRORS
+from recarena.checks import check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
+from recarena.errors import USER_ERRORS, ConfigError
 from recarena.random_state import RandomState
 from recarena.report import config_key
 from recarena.run_config import run_hyperparameters

@@ -30,6 +30,7 @@ from recarena import __version__
 from recarena.atomic import atomic_file
 from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, read_split, write_split
+from recarena.errors import RunError
 
 #: Bump when the run dir's layout changes in a way an older reader would misread.
 RUN_FORMAT_VERSION = 1
@@ -77,9 +78,6 @@ def same_config(run_dir: Path, resolved: dict[str, Any]) -> bool:
     return path.is_file() and OmegaConf.to_container(OmegaConf.load(path)) == resolved
 
 
-class RunError(ValueError):
-    """A run dir that cannot be used as asked (missing or incompatible files, unknown user, title or k): the
-    message names the run dir and what to do."""
 
 
 def save_run_data(run_dir: Path, corpus: Corpus, split: Split, schema: Any, family: str, loss: str) -> None:

@@ -88,8 +88,8 @@ def log_run_report(cfg: DictConfig, trainer: Any, run: Run) -> None:
     loggers = _wandb_loggers(trainer)
     if not loggers:
         return
+    from recarena.errors import RunError
     from recarena.inspection import explain
-    from recarena.rundir import RunError
 
     settings = cfg.get("report") or {}
     output_dir = run.path

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from recarena.cli_errors import exit_on_user_error  # imports torch (via the config checks)
+    from recarena.cli_errors import exit_on_user_error
 
     with exit_on_user_error(debug=args.debug):
         from recarena import inspection
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _number(text: str, kind: type, what: str) -> Any:
-    from recarena.rundir import RunError
+    from recarena.errors import RunError
 
     try:
         return kind(text)

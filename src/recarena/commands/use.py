@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if _answer_from_export(args):  # a known user of a run with exported vectors: no torch, no Lightning
         return 0
-    from recarena.cli_errors import exit_on_user_error  # imports torch (via the config checks)
+    from recarena.cli_errors import exit_on_user_error
 
     with exit_on_user_error(debug=args.debug):
         from recarena.inference import load_run
@@ -90,7 +90,7 @@ def _answer_from_export(args: argparse.Namespace) -> bool:
 
 def _recommend_title(args: argparse.Namespace) -> str:
     """The table title of ``recommend``; --user and a made-up user's options together (or neither) are an error."""
-    from recarena.rundir import RunError
+    from recarena.errors import RunError
 
     liked = [*args.liked, *(f"id {i}" for i in args.liked_id)]
     parts = [("liked", liked), ("likes", args.likes_genre), ("dislikes", args.dislikes_genre)]

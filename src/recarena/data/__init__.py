@@ -2,6 +2,7 @@
 ``synthetic`` generator) -> :class:`Corpus`. Only the Corpus types are re-exported, so importing a sibling
 module (e.g. the registry alone) stays light."""
 
-from recarena.data.corpus import Corpus, DataError, RatingScale, build_corpus
+from recarena.data.corpus import Corpus, RatingScale, build_corpus
+from recarena.errors import DataError
 
 __all__ = ["Corpus", "DataError", "RatingScale", "build_corpus"]

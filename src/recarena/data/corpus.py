@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recarena.atomic import staging_dir
+from recarena.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 CORPUS_FORMAT_VERSION = 1
 
 
-class DataError(ValueError):
-    """Bad input data: the message names the file (and line or field) and how to fix it."""
 
 
 @dataclass(frozen=True)

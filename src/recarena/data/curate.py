@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from recarena.data.corpus import Corpus, DataError
+from recarena.data.corpus import Corpus
+from recarena.errors import DataError
 
 #: Bump when the meaning of a knob changes, so curated caches keyed by :func:`curation_key` are rebuilt.
 CURATION_VERSION = 1

@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from recarena.data.corpus import Corpus, DataError, RatingScale, build_corpus
+from recarena.data.corpus import Corpus, RatingScale, build_corpus
+from recarena.errors import DataError
 
 #: Bump when a parser's output changes: it is part of the parsed-corpus cache key.
 PARSER_VERSION = 1

@@ -30,8 +30,9 @@ from typing import Any
 
 from recarena.atomic import staging_dir
 from recarena.data import movielens as ml
-from recarena.data.corpus import CORPUS_FORMAT_VERSION, Corpus, DataError, RatingScale
+from recarena.data.corpus import CORPUS_FORMAT_VERSION, Corpus, RatingScale
 from recarena.data.synthetic import ensure_synthetic
+from recarena.errors import DataError
 
 log = logging.getLogger("recarena.data.sources")  # the same name when run as __main__
 

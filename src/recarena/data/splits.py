@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from recarena.atomic import atomic_file
-from recarena.data.corpus import Corpus, DataError
+from recarena.data.corpus import Corpus
+from recarena.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 
 #: Width of the packaged model's sentence embeddings.
 TEXT_DIM = 384

@@ -44,10 +44,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
 from recarena.data.mining import CHUNK_CELLS, INF, Chunk, Groups, top_co_liked
 from recarena.data.text_encoding import require_text_extra
+from recarena.errors import ConfigError
 
 if TYPE_CHECKING:
     from recarena.data.datamodule import MovieLensDataModule

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from recarena.data.corpus import DataError
+from recarena.errors import DataError
 
 #: Upper bound on ``chunk x n_items`` score cells per chunk (2**26 ~ 67M: 256 MiB of float32 scores plus
 #: two bool masks), whatever ``eval.user_chunk`` asks for.

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 
 #: Probabilities are kept inside (0, 1) by this margin so that no log is -inf where a gradient-free constant
 #: would otherwise turn a logit into -inf or nan.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 from recarena.losses.base import Loss, SeenPositives
 
 if TYPE_CHECKING:

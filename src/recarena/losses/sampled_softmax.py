@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 from recarena.losses.base import Loss, SeenPositives
 from recarena.losses.frequency import log_inclusion, make_estimator, uniform_log_miss
 

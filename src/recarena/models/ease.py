@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recarena.checks import ConfigError
+from recarena.errors import ConfigError
 from recarena.losses.base import Loss
 from recarena.models.base import Schema
 from recarena.models.interactions import LikedItemsModel

@@ -56,10 +56,10 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
-from recarena.checks import ConfigError
 from recarena.data.corpus import Corpus
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
 from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
+from recarena.errors import ConfigError
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
 from recarena.models.interactions import segments

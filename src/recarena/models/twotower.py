@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from recarena.checks import ConfigError
 from recarena.data.features import (
     ITEM_SIDE_INPUTS,
     build_context_arrays,
@@ -49,6 +48,7 @@ from recarena.data.features import (
     item_features,
     user_context_arrays,
 )
+from recarena.errors import ConfigError
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule, Schema
 from recarena.models.towers import ContextLookup, IdEmbedding, ItemTower, UserTower
