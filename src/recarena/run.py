@@ -263,7 +263,9 @@ def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     otherwise an earlier run's artefacts are removed, so that nothing of two runs is mixed."""
     hydra = _hydra()
     multirun = hydra is not None and hydra.mode == RunMode.MULTIRUN
-    if cfg.get("ckpt_path"):  # resuming (or continuing a finished run): its checkpoints and files are this run's
+    # A DDP worker re-runs train() while rank 0 trains: the dir is rank 0's. A resumed (or continued) run's
+    # checkpoints and files are its own.
+    if rank_zero_only.rank != 0 or cfg.get("ckpt_path"):
         return None
     if is_finished(output_dir) and not cfg.get("overwrite", False):
         if multirun and same_config(output_dir, OmegaConf.to_container(cfg, resolve=True)):
