@@ -46,3 +46,22 @@ def test_staging_dir_is_removed_whatever_happens(tmp_path: Path) -> None:
     with pytest.raises(ValueError), staging_dir(tmp_path / "corpus") as tmp:
         raise ValueError
     assert not list(tmp_path.iterdir())
+
+
+def test_json_is_strict_a_diverged_metric_is_null(tmp_path: Path) -> None:
+    """metrics.json, tuning.json and the --format json outputs never hold a bare NaN (invalid JSON)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from recarena.atomic import write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"val": {"val/rmse": float("nan"), "val/mae": np.float32(0.5)}, "test": [np.inf, -np.inf],
+                      "count": np.int64(3), "loss": torch.tensor(2.0), "ks": np.array([10, 20]), "ok": True})  # fmt: skip
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert strict == {"val": {"val/rmse": None, "val/mae": 0.5}, "test": [None, None], "count": 3, "loss": 2.0,
+                      "ks": [10, 20], "ok": True}  # fmt: skip

@@ -115,6 +115,7 @@ def test_two_runs_started_together_get_two_run_dirs(tmp_path: Path, data_cache: 
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
     finished = list((tmp_path / "outputs").glob("*/*/metrics.json"))
     assert len(finished) == 2 and len({p.parent for p in finished}) == 2
+    assert (tmp_path / "outputs" / "latest").resolve() in {p.parent for p in finished}  # the newest single run
 
 
 def test_an_unfinished_run_says_so_and_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

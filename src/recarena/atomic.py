@@ -7,6 +7,8 @@ one. Every cache and result file of recarena is written through these two helper
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -46,3 +48,26 @@ def staging_dir(dest: str | Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def strict_json_value(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a diverged metric) as None, numpy/torch scalars and arrays as Python
+    numbers and lists: what :func:`write_json` and the ``--format json`` outputs write is strict JSON, which
+    every reader accepts (Python's json would otherwise write a bare ``NaN``)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy / torch scalars and arrays
+        return strict_json_value(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """``payload`` as strict, indented JSON, atomically (a reader never sees half a file)."""
+    with atomic_file(path) as handle:
+        json.dump(strict_json_value(payload), handle, indent=2, allow_nan=False)

@@ -41,7 +41,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from recarena.atomic import atomic_file
+from recarena.atomic import write_json
 from recarena.checks import CONF_DIR, check_config, family_presets, group_targets
 from recarena.cli_errors import exit_on_user_error
 from recarena.errors import ConfigError
@@ -353,11 +353,6 @@ def tuning_summary(settings: Settings, family: str, by_seed: dict[int, Search]) 
             "wall_seconds": round(sum(t["seconds"] or 0.0 for t in trials), 1),
         })  # fmt: skip
     return entry
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_file(path) as handle:
-        json.dump(payload, handle, indent=2, default=str)
 
 
 def write_results(settings: Settings, tuning: dict[str, Any]) -> list[Path]:

@@ -25,7 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from recarena.atomic import atomic_file
+from recarena.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ class BestTrialCallback(Callback):
             return
         if best is None:
             return
-        with atomic_file(sweep_dir / "best_trial.json") as handle:
-            json.dump(best, handle, indent=2)
+        write_json(sweep_dir / "best_trial.json", best)
         log.info("best trial: %s", sweep_dir / "best_trial.json")
         # Printed when the command exits, i.e. below the leaderboard table: Hydra runs on_multirun_end callbacks
         # in reverse order, so the leaderboard callback of conf/hydra/default.yaml prints after this one.

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recarena.atomic import atomic_file
+from recarena.atomic import write_json
 from recarena.checkpoint_io import AtomicCheckpointIO
 from recarena.checks import check_config, option_name
 from recarena.data.datamodule import MovieLensDataModule
@@ -199,9 +200,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     write_wandb_summary(trainer, result)
     _finish_loggers(trainer)
     if main_process:
-        write_json_atomic(output_dir / "metrics.json", result)
+        write_json(output_dir / "metrics.json", result)
         if cfg.get("verbose", True):
             print_metrics(result)
+            print(f"run dir: {output_dir}")
+        _point_latest(output_dir)
     return result
 
 
@@ -212,6 +215,20 @@ def _log_run_config(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModul
     params = run_hyperparameters(cfg, choices, model, dm.split.fingerprint, output_dir, threads)
     for logger in trainer.loggers:
         logger.log_hyperparams(params)
+
+
+def _point_latest(output_dir: Path) -> None:
+    """``outputs/latest`` -> the newest finished single run under ``outputs/`` (the default run dirs), replaced
+    atomically; runs elsewhere and the jobs of a multirun leave it alone."""
+    hydra = _hydra()
+    outputs = Path.cwd() / "outputs"
+    if hydra is None or hydra.mode == RunMode.MULTIRUN or not output_dir.resolve().is_relative_to(outputs.resolve()):
+        return
+    link = outputs / "latest"
+    tmp = outputs / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(output_dir.resolve().relative_to(outputs.resolve()))
+    os.replace(tmp, link)
 
 
 def train_job(cfg: DictConfig) -> dict[str, Any] | None:
@@ -253,7 +270,7 @@ def _write_error(cfg: DictConfig, line: str) -> None:
               **{group: choices.get(group) or "" for group in ("model", "loss", "data", "split")},
               "seed": cfg.get("seed"), "overrides": overrides, "config_key": config_key(overrides)}  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / ERROR_FILE, record)
+    write_json(output_dir / ERROR_FILE, record)
 
 
 def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
@@ -358,20 +375,6 @@ def _finish_loggers(trainer: L.Trainer) -> None:
         experiment = getattr(logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.finish()
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """A reader (the leaderboard callback, a later rebuild) never sees half a metrics.json."""
-    with atomic_file(path) as handle:
-        json.dump(payload, handle, indent=2, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def _metrics_with_prefix(trainer: L.Trainer, prefix: str) -> dict[str, float]:

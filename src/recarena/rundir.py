@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from recarena import __version__
-from recarena.atomic import atomic_file
+from recarena.atomic import write_json
 from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, read_split, write_split
 from recarena.errors import RunError
@@ -95,8 +95,7 @@ def save_run_data(run_dir: Path, corpus: Corpus, split: Split, schema: Any, fami
         "split_fingerprint": split.fingerprint,
         "schema": schema.to_dict(),
     }
-    with atomic_file(run_dir / RUN_FILE) as handle:
-        json.dump(meta, handle, indent=2)
+    write_json(run_dir / RUN_FILE, meta)
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recarena.atomic import strict_json_value
 from recarena.commands.use import FORMATS, show
 
 
@@ -89,7 +90,7 @@ def _print_metrics(run: Any, metrics: dict[str, float], part: str, threshold: An
     ks = sorted({int(name.split("@")[1]) for name in metrics if "@" in name})
     if fmt == "json":
         settings = {"run_dir": str(run.path), "model": run.family, "part": part, "ks": ks, "relevance_threshold": threshold}
-        print(json.dumps({**settings, "metrics": metrics}, indent=2))
+        print(json.dumps(strict_json_value({**settings, "metrics": metrics}), indent=2, allow_nan=False))
         return
     if fmt == "csv":
         print("metric,value\n" + "\n".join(f"{name},{value!r}" for name, value in metrics.items()))
@@ -113,8 +114,9 @@ def _print_explanation(run: Any, result: dict[str, Any], min_ratings: int, fmt: 
            f"{result['pca_variance'][1]:.0%} of variance): {result['pca']}")  # fmt: skip
     if fmt == "json":
         records = None if biases is None else json.loads(biases.to_json(orient="records"))
-        print(json.dumps({"biases": records, "pca": str(result["pca"]), "pca_variance": result["pca_variance"],
-                          "pca_movies": result["pca_movies"]}, indent=2))  # fmt: skip
+        payload = {"biases": records, "pca": str(result["pca"]), "pca_variance": result["pca_variance"],
+                   "pca_movies": result["pca_movies"]}  # fmt: skip
+        print(json.dumps(strict_json_value(payload), indent=2, allow_nan=False))
         return
     if fmt == "csv":  # the bias table to stdout, the rest to stderr
         if biases is not None:
