@@ -11,19 +11,22 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from recarena import paths
 from recarena.checks import family_presets
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(paths.CONF_DIR)  # for initialize_config_dir
 #: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.
 REAL_DATA_CACHE = Path(os.environ.get("RECARENA_DATA", Path.home() / ".cache" / "recarena")).expanduser()
 
-#: Small but not trivial: every model learns something in one or two epochs, in about a second.
-TINY_DATA = ["data=synthetic", "data.n_users=120", "data.n_items=80", "data.n_ratings=4000"]
+#: Small but not trivial: every model learns something in one or two epochs, in about a second. The data of
+#: `python train.py debug=tiny` (conf/debug/tiny.yaml), read from there, so the tests and users share it.
+TINY_DATA = ["data=synthetic", *(f"data.{key}={value}" for key, value in
+                                 OmegaConf.load(paths.CONF_DIR / "debug" / "tiny.yaml").data.items())]  # fmt: skip
 FAST = ["trainer=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "verbose=false"]
 
 

@@ -313,3 +313,14 @@ def test_help_and_the_start_up_checks_import_no_torch(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONPATH": path})  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Powered by Hydra" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_debug_tiny_checks_a_config_end_to_end_in_seconds(tmp_path: Path, data_cache: Path) -> None:
+    """`python train.py debug=tiny`: the tests' tiny synthetic data, one epoch on the CPU, no logger."""
+    run_dir = tmp_path / "run"
+    proc = _run_train(["debug=tiny", "model=mf", f"hydra.run.dir={run_dir}"], tmp_path, {"RECARENA_DATA": str(data_cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert result["data"] == "synthetic" and result["dataset"]["users"] <= 120 and result["epochs"] == 1
+    assert not (run_dir / "csv").exists()  # no logger
+    assert f"run dir: {run_dir}" in proc.stdout
