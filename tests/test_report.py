@@ -203,3 +203,34 @@ def test_float_overrides_are_shortened_in_the_table_only() -> None:
     assert _short_override("optimizer.lr=0.0033770655829123") == "optimizer.lr=0.003377"
     assert _short_override("model.n_factors=64") == "model.n_factors=64"  # integers untouched
     assert _short_override("model=mf") == "model=mf" and _short_override("+trainer.x=abc") == "+trainer.x=abc"
+
+
+def test_columns_latex_and_markdown_for_a_paper(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`recarena leaderboard SWEEP --columns ndcg@10 rmse --latex t.tex --markdown t.md`: the chosen metrics in
+    that order; the LaTeX table parsed back holds each configuration's mean ± std, the best in bold."""
+    tex, md = tmp_path / "t.tex", tmp_path / "t.md"
+    assert report.main([str(sweep), "--columns", "ndcg@10", "rmse", "--latex", str(tex), "--markdown", str(md)]) == 0
+    text = tex.read_text()
+    assert r"\toprule" in text and r"\midrule" in text and r"\bottomrule" in text
+    body = text.split("\\midrule\n")[1].split("\n\\bottomrule")[0].splitlines()
+    header = text.split("\\toprule\n")[1].splitlines()[0]
+    assert header == r"configuration & seeds & ndcg@10 & rmse \\"
+    rows = {cells[0]: cells[1:] for cells in (line.removesuffix(r" \\").split(" & ") for line in body)}
+    a, b = "model=mf optimizer.lr=0.01", "model=mf optimizer.lr=0.001"
+    assert set(rows) == {a, b, "model=popularity"}
+    # B (lr 0.001) is best on both: bold, mean ± std as the leaderboard computed them.
+    assert rows[b][1].startswith(r"\textbf{0.080 $\pm$ 0.010}")
+    assert rows[b][2] == r"\textbf{0.860 $\pm$ 0.010}"
+    assert rows[a][2] == r"0.920 $\pm$ 0.020" and rows["model=popularity"][2] == ""
+    markdown = md.read_text()
+    columns = next(line for line in markdown.splitlines() if line.startswith("| configuration"))
+    assert "recall" not in columns and columns.index("test/ndcg@10") < columns.index("test/rmse")
+    assert (sweep / "leaderboard.md").read_text() == markdown  # the sweep's own files use the same columns
+
+
+def test_an_unknown_column_is_one_line_listing_the_known(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(sweep), "--columns", "ndcg@10", "ndgc@10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --columns: unknown metric ndgc@10; known: rmse, ")

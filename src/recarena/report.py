@@ -25,6 +25,8 @@ from rich.text import Text
 
 from recarena import significance
 from recarena.atomic import atomic_file
+from recarena.cli_errors import exit_on_user_error
+from recarena.errors import ConfigError
 from recarena.rundir import ERROR_FILE
 
 log = logging.getLogger(__name__)
@@ -199,9 +201,12 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
     """Headers, cells and bold flags shared by the markdown and the rich table. A single seed
     shows the mean alone (no '± nan'); a metric a model does not report is an empty cell."""
     metrics = [c[: -len("_mean")] for c in board.columns if c.endswith("_mean")]
-    scores = [m for m in metrics if m not in TIMES and m.rpartition("/")[2] not in BOOKKEEPING]
-    shown = sorted([m for m in scores if m.startswith("test/")] or scores, key=_metric_key)
-    shown += ["wall_seconds"] if "wall_seconds" in metrics else []
+    if board.attrs.get("columns"):  # --columns: these metrics, in this order
+        shown = chosen_columns(board, board.attrs["columns"])
+    else:
+        scores = [m for m in metrics if m not in TIMES and m.rpartition("/")[2] not in BOOKKEEPING]
+        shown = sorted([m for m in scores if m.startswith("test/")] or scores, key=_metric_key)
+        shown += ["wall_seconds"] if "wall_seconds" in metrics else []
     headers = ["configuration", "model", "loss", "data", "split", "n_seeds", *shown]
     common = common_overrides(board["config_key"])
     cells = []
@@ -226,6 +231,65 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
             row[at:at] = _significance_cells(board.loc[i], i == board.attrs["reference"])
             flags[at:at] = [False] * len(SIGNIFICANCE_HEADERS)
     return headers, cells, bold
+
+
+def chosen_columns(board: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """``--columns ndcg@10 recall@20 rmse`` as the board's metric names (a bare name is the test metric:
+    ``test/ndcg@10``; ``val/...`` and ``wall_seconds`` as written); an unknown one is refused, listing the known."""
+    known = [c[: -len("_mean")] for c in board.columns if c.endswith("_mean")]
+    chosen = [c if "/" in c or c in TIMES or c in EXTRAS else f"test/{c}" for c in columns]
+    unknown = [c for c, full in zip(columns, chosen, strict=True) if full not in known]
+    if unknown:
+        names = sorted({k.removeprefix("test/") for k in known if k.rpartition("/")[2] not in BOOKKEEPING},
+                       key=lambda k: _metric_key(k if "/" in k else f"test/{k}"))  # fmt: skip
+        raise ConfigError(f"--columns: unknown metric {', '.join(unknown)}; known: {', '.join(names)}.")
+    return chosen
+
+
+def leaderboard_latex(board: pd.DataFrame) -> str:
+    """The leaderboard as a booktabs ``tabular`` for a paper: one row per configuration, each metric as
+    mean ± std, the best in bold, and a dagger on the primary metric where the paired test against the reference
+    row is significant after Holm's correction (the reference row marked ``ref``)."""
+    headers, cells, bold = _display(board)
+    if board.attrs.get("reference") is not None:  # the dagger replaces the three significance columns
+        at = headers.index(SIGNIFICANCE_HEADERS[0])
+        significant = [row[at + 2] == "yes" for row in cells]
+        primary = headers.index(board.attrs["primary"]) if board.attrs.get("primary") in headers else None
+        reference = [row[at] == "ref" for row in cells]
+        headers = headers[:at] + headers[at + 3 :]
+        cells = [row[:at] + row[at + 3 :] for row in cells]
+        bold = [flags[:at] + flags[at + 3 :] for flags in bold]
+    else:
+        significant, primary, reference = [False] * len(cells), None, [False] * len(cells)
+    keep = [0, 5, *range(6, len(headers))]  # configuration, seeds, metrics (model/loss/... are in the key)
+    lines = [r"\begin{tabular}{l" + "r" * (len(keep) - 1) + "}", r"\toprule",
+             " & ".join(_latex_header(headers[j]) for j in keep) + r" \\", r"\midrule"]  # fmt: skip
+    for i, (row, flags) in enumerate(zip(cells, bold, strict=True)):
+        texts = []
+        for j in keep:
+            text = _latex_text(row[j].strip("`")) if j == 0 else row[j].replace(" ± ", r" $\pm$ ")
+            text = rf"\textbf{{{text}}}" if flags[j] and text else text
+            if j == primary and (significant[i] or reference[i]):
+                text += r"$^{\dagger}$" if significant[i] else " (ref)"
+            texts.append(text)
+        lines.append(" & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = (f"% mean ± std over seeds; bold: best per metric; dagger: p < 0.05 (Holm) against the ref row on "
+            f"{board.attrs.get('primary', '?')}. Needs \\usepackage{{booktabs}}.")  # fmt: skip
+    return "\n".join([note, *lines]) + "\n"
+
+
+def _latex_text(text: str) -> str:
+    """Escape LaTeX's special characters in a configuration key."""
+    return "".join(LATEX_ESCAPES.get(char, char) for char in text)
+
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+
+
+def _latex_header(header: str) -> str:
+    return "seeds" if header == "n_seeds" else _latex_text(header.removeprefix("test/"))
 
 
 #: Table headers of the paired test's columns (:func:`leaderboard`, :mod:`recarena.significance`).
@@ -315,8 +379,8 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
-                      primary: str | None = None, html: bool = True) -> list[Path]:
+def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None, primary: str | None = None,
+                      html: bool = True, columns: Sequence[str] | None = None) -> list[Path]:
     """Write ``leaderboard.csv`` (per run, leaderboard order, with its configuration's paired-test columns),
     ``leaderboard.md`` (per config) and, with ``html``, ``leaderboard.html`` and its PNG plots; returns the
     paths written, csv and md first."""
@@ -332,6 +396,7 @@ def write_leaderboard(sweep_dir: Path, runs: pd.DataFrame | None = None,
         raise FileNotFoundError(f"no usable metrics.json under {sweep_dir}")
     board = leaderboard(runs, primary)
     board.attrs["failures"] = failure_lines(failures)
+    board.attrs["columns"] = list(columns or [])
     rank = {tuple(r): i for i, r in enumerate(board[KEYS].itertuples(index=False))}
     order = runs[KEYS].apply(lambda r: rank.get(tuple(r), len(rank)), axis=1)
     per_run = runs.assign(_rank=order).sort_values(["_rank", "seed"], kind="stable").drop(columns="_rank")
@@ -413,7 +478,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs, sweep dirs or metrics.json files")
     parser.add_argument("--out", type=Path, help="where to write (default: the single PATH, or its dir)")
     parser.add_argument("--primary", help="metric to sort by (default: test twin of the monitor)")
+    parser.add_argument("--columns", nargs="+", help="metrics to show, e.g. ndcg@10 recall@20 rmse (test/...)")
+    parser.add_argument("--latex", type=Path, help="also write the table as a booktabs tabular to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
+    with exit_on_user_error():
+        return _rebuild(parser, args)
+
+
+def _rebuild(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     one = args.paths[0] if len(args.paths) == 1 else None
     if (out := args.out or (one and (one if one.is_dir() else one.parent))) is None:
         parser.error("--out is required with several paths")
@@ -421,9 +494,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if runs.empty:
         log.error("no usable metrics.json under %s", " ".join(map(str, args.paths)))
         return 1
+    board = leaderboard(runs, args.primary)
+    board.attrs["columns"] = list(args.columns or [])
+    if args.columns:
+        chosen_columns(board, args.columns)  # an unknown name fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    written = write_leaderboard(out, runs, args.primary)
-    Console().print(leaderboard_table(leaderboard(runs, args.primary)), *(f"wrote {p}" for p in written), sep="\n")
+    written = write_leaderboard(out, runs, args.primary, columns=args.columns)
+    for path, text in ((args.latex, leaderboard_latex), (args.markdown, leaderboard_markdown)):
+        if path is not None:
+            _atomic_write(path, text(board))
+            written.append(path)
+    Console().print(leaderboard_table(board), *(f"wrote {p}" for p in written), sep="\n")
     return 0
 
 
