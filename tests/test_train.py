@@ -324,3 +324,17 @@ def test_debug_tiny_checks_a_config_end_to_end_in_seconds(tmp_path: Path, data_c
     assert result["data"] == "synthetic" and result["dataset"]["users"] <= 120 and result["epochs"] == 1
     assert not (run_dir / "csv").exists()  # no logger
     assert f"run dir: {run_dir}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=no_such_model", "error: In 'train': Could not find 'model/no_such_model'; available options in "
+                                "'model': ease, ials, itemknn, mf, mlp, popularity, siamese, twotower."),
+        ("optimzer.lr=1", "error: Could not override 'optimzer.lr'. To append to your config use +optimzer.lr=1"),
+    ],
+)
+def test_hydra_level_errors_are_one_line_and_exit_code_2(override: str, message: str, tmp_path: Path) -> None:
+    proc = _run_train([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, {})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,47 @@
+"""What ``train.py`` checks on its command line before Hydra runs it: that the overrides compose. Hydra's own
+errors for an unknown option (``model=no_such_model``) or a mistyped key (``optimzer.lr=1``) span several lines
+and exit with 1; here they become the project's one line and exit code 2, like every other user error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+
+from recarena.errors import ConfigError
+from recarena.paths import CONF_DIR
+
+#: Flags that choose another primary config, or take a value that is not an override: the check stands aside.
+OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg", "-c",
+                      "--package", "-p", "--info", "--experimental-rerun")  # fmt: skip
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """Compose ``conf/train.yaml`` with the command line's overrides (a sweep's ``a,b`` or ``interval(...)``
+    values left to Hydra); a failure raises :class:`ConfigError` with Hydra's message on one line."""
+    if any(arg.split("=", 1)[0] in OTHER_CONFIG_FLAGS for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name="train", overrides=fixed, return_hydra_config=True)
+    except HydraException as error:
+        raise ConfigError(one_line(error)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def one_line(error: HydraException) -> str:
+    """Hydra's message on one line: a missing option with the available ones, else its first two lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, MissingConfigException) and len(lines) > 2 and lines[1].startswith("Available options"):
+        options = [line for line in lines[2:] if not line.startswith(("Config search path", "provider="))]
+        return f"{lines[0]}; {lines[1].lower().rstrip(':')}: {', '.join(options)}."
+    return " ".join(lines[:2])
