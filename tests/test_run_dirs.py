@@ -209,3 +209,37 @@ def test_a_failed_jobs_line_names_the_root_cause() -> None:
     except RuntimeError as error:
         assert _error_line(error) == "ZeroDivisionError: division by zero"
     assert _error_line(ConfigError("batch_size must be positive\nsecond")) == "batch_size must be positive"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warning"),
+    [
+        (["callbacks.model_checkpoint=null"], "callbacks.model_checkpoint is off: the test scores the last epoch's"),
+        (["scheduler=onecycle"], "scheduler=onecycle is sized to trainer.max_epochs=2, but callbacks.early_stopping"),
+        (["model=twotower", "loss=logq", "loss.q_alpha=0.5"], "loss.q_alpha=0.5 does nothing with loss.q_estimator"),
+        (["split.seed=3"], "split.seed=3 does nothing: split=temporal does not depend on a seed."),
+        (["trainer=ddp", "minibatches_per_step=4"], "minibatches_per_step=4 is forced to 1 under DDP"),
+        (["optimizer=sparse_adam", "optimizer.weight_decay=0.1"], "optimizer.weight_decay=0.1 decays the dense"),
+    ],
+)
+def test_settings_that_silently_do_less_are_named_once(overrides: list[str], warning: str, tmp_path: Path) -> None:
+    from recarena.checks import config_warnings
+
+    lines = config_warnings(compose_config([*TINY_DATA, "trainer.max_epochs=2", *overrides], tmp_path / "run"))
+    assert len(lines) == 1 and lines[0].startswith(warning), lines
+
+
+def test_the_defaults_and_every_family_preset_raise_no_such_warning(tmp_path: Path) -> None:
+    from recarena.checks import config_warnings, family_presets
+
+    for preset in [None, *family_presets()]:
+        overrides = [f"family={preset}"] if preset else []
+        assert config_warnings(compose_config([*TINY_DATA, *overrides], tmp_path / "run")) == [], preset
+
+
+def test_a_warning_is_logged_once_by_the_run(make_cfg, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="recarena.run"):
+        train(make_cfg("split.seed=3", "trainer.max_epochs=1"))
+    assert [r.getMessage() for r in caplog.records if "split.seed" in r.getMessage()] == [
+        "split.seed=3 does nothing: split=temporal does not depend on a seed."
+    ]

@@ -6,6 +6,7 @@ groups themselves (``conf/loss/*.yaml``, the release registry), so adding a fami
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -194,6 +195,44 @@ def check_extras(cfg: DictConfig) -> None:
         from recarena.data.text_encoding import require_text_extra
 
         require_text_extra()
+
+
+def _default(target: str, name: str) -> Any:
+    """The constructor default of argument ``name`` of ``target`` (a config's ``_target_``)."""
+    parameter = inspect.signature(get_class(target)).parameters.get(name)
+    return None if parameter is None else parameter.default
+
+
+def config_warnings(cfg: DictConfig) -> list[str]:
+    """Settings that are valid but silently do less than they say, each as one line naming the key: the run goes
+    on, and :func:`recarena.run.train` logs each once."""
+    from recarena.data.splits import SPLITTERS
+
+    warnings: list[str] = []
+    if cfg.get("test", True) and not OmegaConf.select(cfg, "callbacks.model_checkpoint", default=None):
+        warnings.append("callbacks.model_checkpoint is off: the test scores the last epoch's weights, not the best "
+                        "validation epoch's.")  # fmt: skip
+    scheduler = OmegaConf.select(cfg, "scheduler._target_", default=None)
+    if scheduler and OmegaConf.select(cfg, "callbacks.early_stopping", default=None):
+        warnings.append(f"scheduler={option_name(cfg, 'scheduler')} is sized to trainer.max_epochs="
+                        f"{cfg.trainer.max_epochs}, but callbacks.early_stopping may end the run before the schedule "
+                        "does; set callbacks.early_stopping=null for the full schedule.")  # fmt: skip
+    loss = cfg.loss
+    if loss.get("q_estimator") == "frequency":
+        for key in ("q_alpha", "q_buckets"):
+            if key in loss and loss[key] != _default(loss._target_, key):
+                warnings.append(f"loss.{key}={loss[key]} does nothing with loss.q_estimator=frequency (the "
+                                "streaming estimator's option).")  # fmt: skip
+    name = str(cfg.split.get("name"))
+    if cfg.split.get("seed") is not None and name in SPLITTERS and not SPLITTERS[name][2]:
+        warnings.append(f"split.seed={cfg.split.seed} does nothing: split={name} does not depend on a seed.")
+    if "ddp" in str(cfg.trainer.get("strategy", "")) and int(cfg.get("minibatches_per_step", 1)) != 1:
+        warnings.append(f"minibatches_per_step={cfg.minibatches_per_step} is forced to 1 under DDP (one backward "
+                        "per forward of the DDP wrapper).")  # fmt: skip
+    if cfg.optimizer.get("_target_", "").endswith("SparseDenseAdam") and cfg.optimizer.get("weight_decay"):
+        warnings.append(f"optimizer.weight_decay={cfg.optimizer.weight_decay} decays the dense parameters only; "
+                        "the sparse embedding tables are regularised by model.l2.")  # fmt: skip
+    return warnings
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import write_json
 from recarena.checkpoint_io import AtomicCheckpointIO
-from recarena.checks import check_config, option_name
+from recarena.checks import check_config, config_warnings, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.errors import USER_ERRORS, ConfigError
@@ -111,6 +111,9 @@ def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Tra
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns the content of ``metrics.json``."""
     check_config(cfg)  # before any data work: a bad combination must not cost a download
+    if rank_zero_only.rank == 0:
+        for line in config_warnings(cfg):
+            log.warning(line)
     threads = job_threads(cfg.get("threads", AUTO), _hydra_launcher())
     use_threads(threads)
     output_dir = Path(output_dir or _hydra_output_dir() or tempfile.mkdtemp(prefix="recarena-"))
