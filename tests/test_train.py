@@ -211,7 +211,8 @@ def test_downloaded_release_in_data_root_trains(make_cfg, tmp_path: Path, layout
     from tests.data_factories import write_release
 
     root = write_release(tmp_path / "release", layout, n_users=40, n_items=30, n_ratings=600)
-    result = train(make_cfg(f"data={release}", f"data.root={root}", tiny=False))
+    trimmed = ["data.expected_ratings=null"] if layout == "ml-1m" else []  # 600 ratings, not ML-1M's 1,000,209
+    result = train(make_cfg(f"data={release}", f"data.root={root}", *trimmed, tiny=False))
     assert result["data"] == release and result["dataset"]["ratings"] > 500
 
 
@@ -338,3 +339,17 @@ def test_hydra_level_errors_are_one_line_and_exit_code_2(override: str, message:
     proc = _run_train([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, {})
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message], proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cut_short_release_is_refused_naming_the_file(make_cfg, tmp_path: Path) -> None:
+    """A torn last line (no line end) or a fixed release with fewer ratings than it has: one line, fetch again."""
+    from recarena.errors import DataError
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "release", "ml-1m", n_users=40, n_items=30, n_ratings=600)
+    with pytest.raises(DataError, match=r"ratings parsed, but ml-1m has 1,000,209: a file is cut short or altered"):
+        train(make_cfg("data=ml-1m", f"data.root={root}", tiny=False))
+    ratings = root / "ratings.dat"
+    ratings.write_bytes(ratings.read_bytes()[:-7])  # killed mid-copy: the last line is torn
+    with pytest.raises(DataError, match=rf"{ratings}: the last line has no line end, so the file looks cut short"):
+        train(make_cfg("data=ml-1m", f"data.root={root}", "data.expected_ratings=null", tiny=False))

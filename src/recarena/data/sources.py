@@ -301,7 +301,8 @@ def load_corpus(cfg: Mapping[str, Any]) -> Corpus:
         root = ensure_release(release, cache_dir, root=_opt(cfg, "root"), download=bool(_opt(cfg, "download")))
         files = [*release.files, *release.optional_files, *(RECBOLE_FILES if name == "ml-100k" else ())]
         fingerprint = [str(root), _stat_key(root, files)]
-        parse = lambda: release.parser(root, release.name, release.scale)  # noqa: E731
+        expected = _opt(cfg, "expected_ratings")
+        parse = lambda: checked_release(release, root, expected)  # noqa: E731
     path = cache_dir / "corpus" / corpus_key(name, fingerprint)
     if Corpus.is_cached(path):
         try:
@@ -318,6 +319,31 @@ def load_corpus(cfg: Mapping[str, Any]) -> Corpus:
     log.info("Parsed %s: %d users, %d items, %d ratings; cached in %s", name, corpus.n_users, corpus.n_items,
              corpus.n_ratings, path)  # fmt: skip
     return corpus
+
+
+def checked_release(release: Release, root: Path, expected_ratings: int | None) -> Corpus:
+    """Parse a release and refuse a cut-short copy: its ratings file must end with a line end (a torn last line
+    would otherwise parse as a short number, e.g. a 1970 timestamp), and a fixed release must hold its published
+    number of ratings (``data.expected_ratings``; null skips it, for a copy trimmed on purpose)."""
+    for name in (release.files[0], *RECBOLE_FILES[:1]):
+        path = Path(root) / name
+        if path.is_file() and path.stat().st_size and not _ends_with_line_end(path):
+            raise DataError(f"{path}: the last line has no line end, so the file looks cut short: fetch the release "
+                            f"again (recarena fetch {release.name}) or restore the file.")  # fmt: skip
+    corpus = release.parser(root, release.name, release.scale)
+    if expected_ratings is not None and corpus.n_ratings != int(expected_ratings):
+        raise DataError(
+            f"{root}: {corpus.n_ratings:,} ratings parsed, but {release.name} has {int(expected_ratings):,}: a file is "
+            f"cut short or altered. Fetch the release again (recarena fetch {release.name}), or set "
+            "data.expected_ratings=null for a copy trimmed on purpose."
+        )
+    return corpus
+
+
+def _ends_with_line_end(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) in (b"\n", b"\r")
 
 
 def _custom(cfg: Mapping[str, Any]) -> tuple[Any, Callable[[], Corpus]]:
