@@ -213,3 +213,18 @@ def test_custom_errors_name_file_column_and_option(tmp_path: Path) -> None:
     append_lines(root / "ratings.csv", "1,1,9.0,5")
     with pytest.raises(DataError, match=rf"ratings\.csv, line {n_lines(root / 'ratings.csv')}: rating 9"):
         ml.parse_custom(root / "ratings.csv")
+
+
+def test_a_header_only_file_says_it_has_no_rows_and_another_separator_is_suggested(tmp_path: Path) -> None:
+    from recarena.data.movielens import parse_custom
+    from recarena.errors import DataError
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("userId,movieId,rating,timestamp\n")
+    with pytest.raises(DataError, match=r"empty.csv: holds no ratings \(no rows after its header"):
+        parse_custom(empty)
+    for sep, shown in ((";", "';'"), ("\t", "'\\\\t'")):
+        other = tmp_path / "other.csv"
+        other.write_text(sep.join(["userId", "movieId", "rating", "timestamp"]) + "\n" + sep.join(["1", "2", "4", "100"]) + "\n")
+        with pytest.raises(DataError, match=rf"other.csv: no column 'userId' .*separated by {shown}: set data.sep={shown}"):
+            parse_custom(other)

@@ -83,7 +83,18 @@ def _check_columns(path: Path, source, encoding: str, sep: str, names: Sequence[
     for col in names:
         if col not in present:
             fix = f"set {options[col]}=<column name>" if col in options else "is it the right file?"
+            if other := _separator_that_fits(line, sep, names):  # the columns are there, split by another character
+                fix = f"its fields are separated by {other!r}: set data.sep={other!r}"
             raise DataError(f"{path}: no column {col!r} (columns: {', '.join(present)}); {fix}")
+
+
+def _separator_that_fits(header: str, sep: str, names: Sequence[str]) -> str | None:
+    """Another common separator under which the header holds every wanted column (a ``;`` or tab file read with
+    the default ``,``)."""
+    for other in (",", ";", "\t", "|"):
+        if other != sep and set(names) <= set(next(csv.reader([header], delimiter=other), [])):
+            return other
+    return None
 
 
 def _locate_error(path, source, read, parse, types, header: bool, err: Exception) -> DataError:
@@ -155,7 +166,7 @@ def _flags_to_genres(flags: np.ndarray, names: Sequence[str]) -> pd.Series:
 
 def _no_empty(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     if frame.empty:
-        raise DataError(f"{path}: holds no ratings.")
+        raise DataError(f"{path}: holds no ratings (no rows after its header, if it has one).")
     return frame
 
 
@@ -297,7 +308,7 @@ def parse_custom(
     opts = {user_col: "data.user_col", item_col: "data.item_col", rating_col: "data.rating_col"}
     if timestamp_col:
         cols[timestamp_col], opts[timestamp_col] = None, "data.timestamp_col"
-    raw = read_delimited(path, cols, sep=sep, options=opts)
+    raw = _no_empty(read_delimited(path, cols, sep=sep, options=opts), path)
     ratings = pd.DataFrame({"user_id": raw[user_col], "movie_id": raw[item_col], "rating": raw[rating_col]})
     # No timestamp column: the file order is the time order (0, 1, 2, ... so time-based splits still work).
     ratings["timestamp"] = _epoch_seconds(raw[timestamp_col], path, timestamp_col) if timestamp_col else np.arange(len(raw))
