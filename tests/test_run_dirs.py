@@ -243,3 +243,13 @@ def test_a_warning_is_logged_once_by_the_run(make_cfg, caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records if "split.seed" in r.getMessage()] == [
         "split.seed=3 does nothing: split=temporal does not depend on a seed."
     ]
+
+
+def test_the_progress_bar_counts_epochs_from_one_as_metrics_json_does() -> None:
+    from types import SimpleNamespace
+
+    from recarena.timing import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=4)
+    assert bar._get_train_description(2).strip() == "epoch 3 of 4"

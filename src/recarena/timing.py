@@ -1,10 +1,11 @@
-"""Training-time bookkeeping: pure training seconds per epoch (validation excluded)."""
+"""Training-time bookkeeping: pure training seconds per epoch (validation excluded), and the progress bar."""
 
 from __future__ import annotations
 
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class EpochTimer(L.Callback):
@@ -40,3 +41,14 @@ class EpochTimer(L.Callback):
 
     def samples_per_second(self, n_train: int) -> float:
         return n_train * self.epochs_timed / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 as metrics.json and the printed summary do
+    ("epoch 3 of 4", not Lightning's 0-based "Epoch 2/3")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            text += f" of {self.trainer.max_epochs}"
+        return f"{text:{len(self.validation_description)}}"
