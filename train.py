@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 import recarena  # noqa: F401  (registers the ${recarena.*:...} resolvers of conf/ before Hydra composes)
 from recarena.cli_errors import exit_on_user_error
 from recarena.launchers import check_launcher_plugin
-from recarena.startup import check_overrides
+from recarena.startup import check_overrides, help_text
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -33,6 +33,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text())
+        sys.exit(0)
     with exit_on_user_error():  # one line and exit code 2, before Hydra runs anything
         check_launcher_plugin(sys.argv[1:])
         check_overrides(sys.argv[1:])

@@ -15,9 +15,11 @@ from hydra.errors import HydraException, MissingConfigException
 from recarena.errors import ConfigError
 from recarena.paths import CONF_DIR
 
-#: Flags that choose another primary config, or take a value that is not an override: the check stands aside.
+#: Flags that choose another primary config, take a value that is not an override, or run nothing: the check
+#: stands aside.
 OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg", "-c",
-                      "--package", "-p", "--info", "--experimental-rerun")  # fmt: skip
+                      "--package", "-p", "--info", "--experimental-rerun", "--help", "-h", "--hydra-help",
+                      "--version", "--shell-completion", "-sc")  # fmt: skip
 
 
 def check_overrides(argv: Sequence[str]) -> None:
@@ -45,3 +47,18 @@ def one_line(error: HydraException) -> str:
         options = [line for line in lines[2:] if not line.startswith(("Config search path", "provider="))]
         return f"{lines[0]}; {lines[1].lower().rstrip(':')}: {', '.join(options)}."
     return " ".join(lines[:2])
+
+
+def help_text() -> str:
+    """``python train.py --help``: the config groups and their options, read from ``conf/`` (Hydra's own help
+    composes the config once per group, ~2 s; ``--hydra-help`` still shows Hydra's flags)."""
+    groups = sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = ["train.py: train and test one recommender configuration (recarena).", "",
+             "usage: python train.py [group=option ...] [key=value ...]   (-m: a sweep; --cfg job: print the config)",
+             "", "Config groups (conf/<group>/<option>.yaml):"]  # fmt: skip
+    for group in groups:
+        options = sorted(p.stem for p in group.rglob("*.yaml") if p.parent == group)
+        lines.append(f"  {group.name}: {', '.join(options)}")
+    lines += ["", "Every key of conf/train.yaml and of the chosen options can be overridden, e.g. optimizer.lr=0.003.",
+              "python train.py --hydra-help: Hydra's own flags."]  # fmt: skip
+    return "\n".join(lines)
