@@ -223,9 +223,8 @@ def _log_run_config(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModul
 def _point_latest(output_dir: Path) -> None:
     """``outputs/latest`` -> the newest finished single run under ``outputs/`` (the default run dirs), replaced
     atomically; runs elsewhere and the jobs of a multirun leave it alone."""
-    hydra = _hydra()
     outputs = Path.cwd() / "outputs"
-    if hydra is None or hydra.mode == RunMode.MULTIRUN or not output_dir.resolve().is_relative_to(outputs.resolve()):
+    if _hydra() is None or _in_multirun() or not output_dir.resolve().is_relative_to(outputs.resolve()):
         return
     link = outputs / "latest"
     tmp = outputs / f".latest.{os.getpid()}"
@@ -267,7 +266,7 @@ def _write_error(cfg: DictConfig, line: str) -> None:
     output_dir = Path(_hydra_output_dir() or ".")
     if is_finished(output_dir):  # a refused dir: its finished run stays as it was
         return
-    choices = _hydra().runtime.choices if _hydra() else {}
+    choices = hydra.runtime.choices if (hydra := _hydra()) else {}
     overrides = _task_overrides()
     record = {"format_version": METRICS_FORMAT_VERSION, "status": "failed", "error": line,
               **{group: choices.get(group) or "" for group in ("model", "loss", "data", "split")},
@@ -281,8 +280,7 @@ def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     multirun whose job there finished with the same resolved config: the rerun sweep skips it and returns its
     metrics (resuming a sweep). A run that resumes from a checkpoint (``ckpt_path``) continues the dir's run;
     otherwise an earlier run's artefacts are removed, so that nothing of two runs is mixed."""
-    hydra = _hydra()
-    multirun = hydra is not None and hydra.mode == RunMode.MULTIRUN
+    multirun = _in_multirun()
     # A DDP worker re-runs train() while rank 0 trains: the dir is rank 0's. A resumed (or continued) run's
     # checkpoints and files are its own.
     if rank_zero_only.rank != 0 or cfg.get("ckpt_path"):
@@ -394,6 +392,11 @@ def _hydra() -> DictConfig | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (a sweep), where a run dir's finished run may be skipped."""
+    return (hydra := _hydra()) is not None and hydra.mode == RunMode.MULTIRUN
 
 
 def _task_overrides() -> list[str]:
