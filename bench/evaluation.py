@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
+from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.timing import EpochTimer  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 

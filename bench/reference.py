@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 
 from recarena.benchmark import compose_family
-from recarena.run import build_datamodule, build_model
+from recarena.build import build_datamodule, build_model
 
 
 def build(family: str, overrides: list[str]):

@@ -28,9 +28,10 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recarena import paths  # noqa: E402
+from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.data.sources import load_corpus  # noqa: E402
 from recarena.data.synthetic import ensure_synthetic  # noqa: E402
-from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.timing import EpochTimer  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 
@@ -64,7 +65,7 @@ def time_mining(dm) -> None:
     """model=siamese's descriptors, co-likes and triplet mining (its defaults) on the training part of the split."""
     from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets
 
-    opts, threshold = MiningOptions(), OmegaConf.load(REPO / "conf" / "loss" / "triplet.yaml").positive_threshold
+    opts, threshold = MiningOptions(), OmegaConf.load(paths.CONF_DIR / "loss" / "triplet.yaml").positive_threshold
     x, _ = timed("siamese: item descriptors", lambda: item_descriptors(dm.corpus, opts.genome_k, opts.tags_k))
     liked = timed("siamese: co-like matrix", lambda: liked_by(dm.corpus, dm.split.train, threshold, opts.user_cap))
     triplets = timed(f"siamese: mining ({opts.positives})", lambda: mine_triplets(

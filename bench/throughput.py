@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from hydra.utils import get_class, instantiate  # noqa: E402
 
+from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.checks import family_presets, group_targets  # noqa: E402
-from recarena.run import build_datamodule, build_model, build_trainer  # noqa: E402
 from recarena.timing import EpochTimer  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 

@@ -8,18 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from recarena import paths
+from recarena.build import compose
 from recarena.checks import family_presets
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
 
-CONF_DIR = str(paths.CONF_DIR)  # for initialize_config_dir
 #: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.
 REAL_DATA_CACHE = Path(os.environ.get("RECARENA_DATA", Path.home() / ".cache" / "recarena")).expanduser()
 
@@ -31,21 +28,10 @@ FAST = ["trainer=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=fals
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `python train.py <overrides>` would run, with Hydra's runtime pointed at ``output_dir``.
-
-    ``${hydra:...}`` interpolations in the configs (run dir, chosen options) resolve through the HydraConfig
-    singleton, as they do under ``@hydra.main``.
-    """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.name = "train"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    """The config `python train.py <overrides>` would run, in the run dir ``output_dir``: :func:`recarena.compose`,
+    the plain-Python entry point users have (its ``hydra`` node carries the job's overrides and chosen options to
+    ``train()``; nothing global is set)."""
+    return compose(*overrides, output_dir=output_dir)
 
 
 @pytest.fixture(autouse=True)

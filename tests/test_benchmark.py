@@ -13,8 +13,8 @@ import pytest
 
 from recarena import benchmark as bench
 from recarena.benchmark import compose_family, parse_args, seed_dependent_split
-from recarena.checks import CONF_DIR
 from recarena.cli import main as cli
+from recarena.paths import CONF_DIR
 
 TINY = ["data=synthetic", "data.n_users=120", "data.n_items=80", "data.n_ratings=4000", "trainer=cpu"]
 ARGS = ["--families", "ease", "mf_bpr", "--trials", "2", "--report-seeds", "1", "2", "--max-epochs", "2",

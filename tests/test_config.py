@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 
 from recarena.checks import check_config, compatible_losses
 from recarena.errors import ConfigError
-from recarena.models.base import Schema
-from tests.conftest import CONF_DIR, compose_config
+from recarena.paths import CONF_DIR
+from recarena.schema import Schema
+from tests.conftest import compose_config
 
 GROUPS = [
     "data", "split", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "eval", "family",

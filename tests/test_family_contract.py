@@ -13,8 +13,9 @@ import torch
 from hydra.utils import get_class, instantiate
 
 from recarena import load_run
+from recarena.build import build_datamodule, build_model
 from recarena.checks import group_targets
-from recarena.run import build_datamodule, build_model, train
+from recarena.run import train
 from tests.conftest import FAST, TINY_DATA, compose_config
 
 MODELS = sorted(group_targets("model"))

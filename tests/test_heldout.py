@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from recarena.data.heldout import BATCH_KEYS, MAX_SCORE_CELLS, EvalData, effective_chunk_size
 from recarena.errors import DataError
-from recarena.evaluation import BATCH_KEYS, MAX_SCORE_CELLS, EvalData, effective_chunk_size
 
 
 def _random_split(seed: int = 0, n_users: int = 57, n_items: int = 31, n_ex: int = 400, n_ho: int = 150):

@@ -9,25 +9,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 
+from recarena.build import compose
 from recarena.hparams import best_trial, summary_line
-from recarena.resolvers import register_resolvers
-from tests.conftest import CONF_DIR, FAST, TINY_DATA
+from recarena.paths import CONF_DIR
+from tests.conftest import FAST, TINY_DATA
 from tests.test_train import _run_train
 
 PRESETS = {"mf_optuna": ("val/rmse", "minimize"), "twotower_optuna": ("val/ndcg@10", "maximize")}
 
 
 def _compose_with_hydra(overrides: list[str]) -> DictConfig:
-    """The composed config with its hydra node (conftest's compose_config drops it): the sweeper lives there."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    """The composed config with its hydra node, where the sweeper lives."""
+    return compose(*overrides)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

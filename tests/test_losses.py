@@ -21,8 +21,8 @@ from recarena.losses import (
     MixedNegativeSamplingLoss,
     StreamingQ,
 )
-from recarena.models.base import Schema
 from recarena.run import train
+from recarena.schema import Schema
 from tests.conftest import compose_config
 
 N_USERS, N_ITEMS = 5, 6

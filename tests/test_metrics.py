@@ -15,15 +15,9 @@ from torchmetrics.retrieval import (
     RetrievalRecall,
 )
 
-from recarena.evaluation import (
-    NO_ITEM,
-    EvalData,
-    RankingMetrics,
-    RatingMetrics,
-    dense_masks,
-    head_mask,
-    topk_items,
-)
+from recarena.data.heldout import EvalData
+from recarena.evaluation.metrics import RankingMetrics, RatingMetrics, head_mask
+from recarena.evaluation.ranking import NO_ITEM, dense_masks, topk_items
 
 L3 = 1 / math.log2(3)  # discount of rank 2: 1/log2(2+1)
 L4 = 1 / math.log2(4)  # discount of rank 3: 0.5

@@ -11,12 +11,12 @@ import torch
 
 from recarena.errors import ConfigError
 from recarena.losses import AlternatingLoss, NoLoss
-from recarena.models.base import Schema
 from recarena.models.ease import EASE, ease_weights
 from recarena.models.ials import IALS, row_batches, solve_rows
 from recarena.models.interactions import SparseRows
 from recarena.models.itemknn import ItemKNN, neighbour_weights, top_k_per_row
 from recarena.run import train
+from recarena.schema import Schema
 
 
 def random_binary(n_users: int = 9, n_items: int = 7, density: float = 0.4, seed: int = 0) -> sp.csr_matrix:

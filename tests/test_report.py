@@ -13,15 +13,14 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from recarena import report
+from recarena.record import config_key
 from recarena.report import (
     SIGNIFICANCE_HEADERS,
     LeaderboardCallback,
-    config_key,
     find_metrics,
     leaderboard,
     leaderboard_table,
     load_runs,
-    lower_is_better,
     write_leaderboard,
 )
 
@@ -92,12 +91,6 @@ def sweep(tmp_path: Path) -> Path:
 def _md_rows(md: str) -> list[list[str]]:
     lines = [line for line in md.splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-
-
-def test_lower_is_better() -> None:
-    assert lower_is_better("test/rmse") and lower_is_better("val/mae") and lower_is_better("test/popularity@10")
-    assert lower_is_better("wall_seconds")
-    assert not lower_is_better("test/ndcg@10") and not lower_is_better("test/recall@20")
 
 
 def test_config_key_strips_seeds() -> None:

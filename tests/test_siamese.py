@@ -12,13 +12,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from recarena.build import build_datamodule, build_model
 from recarena.checks import check_config
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.errors import ConfigError
 from recarena.losses.triplet import TripletLoss
-from recarena.models.base import Schema
 from recarena.models.siamese import Siamese
-from recarena.run import build_datamodule, build_model, train
+from recarena.run import train
+from recarena.schema import Schema
 from tests.conftest import compose_config
 from tests.test_triplets import small_corpus
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from recarena import paths
 from recarena.data import sources, synthetic
 from recarena.data.synthetic import GENRES, generate_synthetic
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "synthetic.yaml"
+CONF = paths.CONF_DIR / "data" / "synthetic.yaml"
 
 
 @pytest.fixture(scope="module")

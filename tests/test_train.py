@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recarena import paths
 from recarena.errors import ConfigError
 from recarena.run import train
 from tests.conftest import TINY_DATA, ml100k_cache
@@ -254,7 +255,7 @@ def test_compare_families_sweep_leaves_mean_and_std(tmp_path: Path, data_cache: 
     """experiment=compare_families: every family preset, several seeds, one leaderboard with mean ± std."""
     from omegaconf import OmegaConf
 
-    families = OmegaConf.load(REPO / "conf" / "experiment" / "compare_families.yaml").hydra.sweeper.params.family
+    families = OmegaConf.load(paths.CONF_DIR / "experiment" / "compare_families.yaml").hydra.sweeper.params.family
     sweep = tmp_path / "compare"
     proc = _run_train(
         ["-m", "experiment=compare_families", "seed=1,2", *TINY_DATA, "trainer=cpu", "trainer.max_epochs=1",

@@ -171,8 +171,8 @@ def test_bad_options_are_config_errors() -> None:
 def test_features_never_read_validation_or_test_ratings(make_cfg) -> None:
     """Rewriting every validation and test rating changes neither triplets nor user profiles; rewriting training
     ratings does (so the check can fail)."""
+    from recarena.build import build_datamodule, build_model
     from recarena.data.triplets import triplet_data
-    from recarena.run import build_datamodule, build_model
 
     cfg = make_cfg("model=siamese")
     dm = build_datamodule(cfg, "triplets", 3.0)

@@ -13,9 +13,9 @@ from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, make_split
 from recarena.errors import ConfigError
 from recarena.losses import MSELoss
-from recarena.models.base import Schema
 from recarena.models.twotower import TwoTower
 from recarena.run import train
+from recarena.schema import Schema
 from tests.conftest import ml100k_cache
 from tests.test_features import feature_corpus
 

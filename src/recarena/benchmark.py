@@ -17,7 +17,7 @@ For each family preset (``conf/family/<family>.yaml``, all of them by default):
 3. **Leaderboard**: ``leaderboard.{md,csv,html}`` over the report runs (mean ± std over seeds, paired significance),
    and ``tuning.json`` (per family: search space, trials, best params, best validation value, wall time).
 
-Rerunning the same command resumes: finished searches and finished report runs (:func:`recarena.rundir.is_finished`)
+Rerunning the same command resumes: finished searches and finished report runs (:func:`recarena.record.is_finished`)
 are skipped. ``--trials 0`` reports the presets as they are. The directory defaults to
 ``benchmarks/<objective>-<hash of the settings>``, so the same command finds its own work again.
 """
@@ -42,15 +42,19 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from recarena.atomic import write_json
-from recarena.checks import CONF_DIR, check_config, family_presets, group_targets
+from recarena.checks import check_config, family_presets, group_targets
 from recarena.cli_errors import exit_on_user_error
 from recarena.errors import ConfigError
+from recarena.evaluation.registry import metric_of, monitor_mode
+from recarena.hparams import optuna_direction
 from recarena.launchers import check_launcher_plugin
-from recarena.rundir import ERROR_FILE, is_finished
+from recarena.paths import CONF_DIR
+from recarena.record import ERROR_FILE, METRICS_FILE, is_finished
 
 log = logging.getLogger(__name__)
 
-TRAIN_SCRIPT = CONF_DIR.parent / "train.py"
+#: How each search and report run is started: ``recarena train`` in a fresh process (a wheel has no train.py).
+TRAIN_COMMAND = [sys.executable, "-m", "recarena", "train"]
 #: Split strategies whose rows do not depend on the seed (unless a curation step samples by it).
 SEED_FREE_SPLITS = {"temporal", "time_cutoff", "leave_one_out"}
 #: Curation options that sample by the seed, so that the curated corpus (and the split) changes with it.
@@ -74,8 +78,8 @@ class Settings:
 
     @property
     def mode(self) -> str:
-        """``min`` for error metrics, ``max`` for the rest (the direction early stopping and Optuna follow)."""
-        return "min" if self.objective.rsplit("/", 1)[-1] in {"rmse", "mae"} else "max"
+        """``min`` or ``max``: the objective's direction (:mod:`recarena.evaluation.registry`)."""
+        return monitor_mode(self.objective)
 
     def run_overrides(self) -> list[str]:
         """What every tuning and report run gets: the objective as the monitor, the fixed epoch budget, the user's."""
@@ -229,7 +233,7 @@ def trials_wanted(settings: Settings, family: str) -> int:
 
 def run_search(settings: Settings, search: Search) -> None:
     """Run the search's missing trials through Hydra's Optuna sweeper (and the configured launcher)."""
-    direction = "minimize" if settings.mode == "min" else "maximize"
+    direction = optuna_direction(settings.mode)
     study = load_study(search, direction)
     recover_interrupted(search, study)
     done = sum(t.state.is_finished() for t in study.trials if t.number not in interrupted(search))
@@ -253,20 +257,20 @@ def run_search(settings: Settings, search: Search) -> None:
 
 
 def run_train(arguments: Sequence[str], log_file: Path, sweep_dir: Path | None = None) -> None:
-    """``python train.py ARGUMENTS``, its output in ``log_file``; a failure names the log. A search whose failed
+    """``recarena train ARGUMENTS``, its output in ``log_file``; a failure names the log. A search whose failed
     trials left their error.json (``recarena.run.train_job``) counts them as failed trials, as Optuna does, and
     goes on."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as out:
-        done = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *arguments], stdout=out, stderr=subprocess.STDOUT,
-                              cwd=TRAIN_SCRIPT.parent, env=os.environ.copy(), check=False)  # fmt: skip
+        done = subprocess.run([*TRAIN_COMMAND, *arguments], stdout=out, stderr=subprocess.STDOUT,
+                              env=os.environ.copy(), check=False)  # fmt: skip
     failed_trials = sorted(sweep_dir.rglob(ERROR_FILE)) if sweep_dir is not None and sweep_dir.is_dir() else []
     if done.returncode == 1 and failed_trials:
         log.warning("%d trial(s) failed, e.g. %s", len(failed_trials), failed_trials[0])
         return
     if done.returncode:
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-        raise BenchmarkError(f"python train.py {' '.join(arguments)} failed ({tail[0]}); see {log_file}")
+        raise BenchmarkError(f"recarena train {' '.join(arguments)} failed ({tail[0]}); see {log_file}")
 
 
 class BenchmarkError(RuntimeError):
@@ -282,7 +286,7 @@ def best_overrides(settings: Settings, search: Search) -> list[str]:
     """The best trial's parameters as overrides (none for a family with nothing to search or ``--trials 0``)."""
     if not settings.trials:
         return []
-    direction = "minimize" if settings.mode == "min" else "maximize"
+    direction = optuna_direction(settings.mode)
     study = load_study(search, direction)
     completed = [t for t in study.trials if t.value is not None]
     if not completed:
@@ -314,7 +318,7 @@ def run_reports(settings: Settings, family: str, by_seed: dict[int, Search]) -> 
 def trial_records(study: Any, path: Path) -> list[dict[str, Any]]:
     """Every trial of a study: number, state, params, validation value, seconds, and its run dir (the trial run
     whose overrides hold its params)."""
-    runs = {run: set(json.loads((run / "metrics.json").read_text()).get("overrides", []))
+    runs = {run: set(json.loads((run / METRICS_FILE).read_text()).get("overrides", []))
             for run in (p.parent for p in path.glob("batch-*/*/metrics.json"))}  # fmt: skip
     records = []
     for trial in study.trials:
@@ -335,7 +339,7 @@ def tuning_summary(settings: Settings, family: str, by_seed: dict[int, Search]) 
     spaces = [search.path / "search_space.json" for search in by_seed.values()]
     if settings.trials and spaces[0].is_file():  # what the searches ran over, even if the file changed since
         entry["search_space"] = json.loads(spaces[0].read_text())
-    direction = "minimize" if settings.mode == "min" else "maximize"
+    direction = optuna_direction(settings.mode)
     for search in {id(s): s for s in by_seed.values()}.values():
         if not settings.trials:
             entry["searches"].append({"seed": search.seed, "trials": [], "note": "--trials 0: the preset as it is"})
@@ -377,6 +381,11 @@ def settings_record(settings: Settings) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- command
+def default_report_seeds() -> list[int]:
+    """``report_seeds`` of conf/train.yaml: the seeds of the multi-seed experiments, the same here."""
+    return [int(seed) for seed in OmegaConf.load(CONF_DIR / "train.yaml").report_seeds]
+
+
 def parse_args(argv: Sequence[str]) -> Settings:
     """``recarena benchmark [options] [-- overrides]``: everything after ``--`` goes to every run."""
     argv = list(argv)
@@ -386,7 +395,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--families", nargs="+", help="family presets of conf/family/ (default: all of them)")
     parser.add_argument("--trials", type=int, default=20, help="Optuna trials per family (0: the presets as they are)")
-    parser.add_argument("--report-seeds", type=int, nargs="+", default=[42, 43, 44], help="seeds tested once")
+    parser.add_argument("--report-seeds", type=int, nargs="+", default=default_report_seeds(),
+                        help="seeds tested once (default: report_seeds of conf/train.yaml)")
     parser.add_argument("--objective", default="val/ndcg@10", help="validation metric tuned (val/rmse: rating table)")
     parser.add_argument("--sampler-seed", type=int, default=1234, help="seed of the TPE sampler")
     parser.add_argument("--max-epochs", type=int, default=200, help="trainer.max_epochs of every gradient family")
@@ -395,7 +405,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
                         help="runs at once (trials and report runs; needs the launchers extra; 1: reproducible trials)")
     parser.add_argument("--out", type=Path, help="benchmark directory (default: benchmarks/<objective>-<hash>)")
     args = parser.parse_args(own)
-    rating_table = args.objective.rsplit("/", 1)[-1] in {"rmse", "mae"}
+    rating_table = (metric := metric_of(args.objective)) is not None and metric.needs == "ratings"
     families = args.families or (rating_families() if rating_table else list(family_presets()))
     settings = Settings(families, args.trials, args.report_seeds, args.objective, overrides, args.sampler_seed,
                         args.max_epochs, args.patience, args.jobs)  # fmt: skip

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from recarena.errors import ConfigError
+from recarena.errors import ConfigError, one_line
 from recarena.paths import CONF_DIR
 
 _ABSENT = object()
@@ -235,8 +236,26 @@ def config_warnings(cfg: DictConfig) -> list[str]:
     return warnings
 
 
+def check_resume(cfg: DictConfig) -> None:
+    """``ckpt_path=`` names a Lightning checkpoint that exists and reads (loaded memory-mapped: the weights are
+    not read here); whether it fits this model is known once the model is built (recarena.run)."""
+    if not (ckpt := cfg.get("ckpt_path")):
+        return
+    path = Path(str(ckpt)).expanduser()
+    hint = "resume with ckpt_path=RUN_DIR/checkpoints/last.ckpt and the run's own overrides"
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such file; {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, not a torch file, unpickling error
+        raise ConfigError(f"ckpt_path={ckpt} is damaged or not a checkpoint ({one_line(err)}); {hint}") from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "epoch"} <= set(checkpoint):
+        raise ConfigError(f"ckpt_path={ckpt} is not a Lightning training checkpoint (no state_dict and epoch); {hint}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Run every start-up check; raises :class:`ConfigError` on the first problem."""
+    check_resume(cfg)
     check_model_and_loss(cfg)
     check_ranges(cfg)
     check_split_options(cfg)

@@ -17,5 +17,16 @@ class RunError(ValueError):
     message names the run dir and what to do."""
 
 
+class StorageError(OSError):
+    """The disk (or quota) filled up while recarena wrote a file: the message names it and where else to write."""
+
+
 #: What ``recarena.cli_errors.exit_on_user_error`` turns into one line and exit code 2.
-USER_ERRORS = (ConfigError, DataError, RunError)
+USER_ERRORS = (ConfigError, DataError, RunError, StorageError)
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of an error that is not ours (a damaged file's reader, a library), for a
+    user error that names the file it came from."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -28,11 +28,11 @@ from torch.nn import functional as F
 from recarena.checks import group_targets
 from recarena.data.corpus import Corpus
 from recarena.data.datamodule import MovieLensDataModule
-from recarena.errors import RunError
-from recarena.evaluation.heldout import EvalData, effective_chunk_size
+from recarena.data.heldout import EvalData, effective_chunk_size
+from recarena.errors import RunError, one_line
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
-from recarena.rundir import checkpoint_path, is_count, read_run_data, read_run_meta
+from recarena.rundir import DAMAGED, checkpoint_path, is_count, read_run_data, read_run_meta
 
 #: Columns describing a movie in every frame the API returns.
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
@@ -45,11 +45,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     Raises:
         RunError: not a run dir, a run format this version cannot read, saved data or checkpoint missing.
     """
-    from recarena.run import build_datamodule, build_model  # Lightning + Hydra: only once a run is loaded
+    from recarena.build import build_datamodule, build_model  # Lightning + Hydra: only once a run is loaded
 
     run_dir = Path(path).expanduser()
     meta = read_run_meta(run_dir)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = _run_config(run_dir)
     corpus, split = read_run_data(run_dir, meta)
     loss = instantiate(cfg.loss)
     dm = build_datamodule(cfg, loss.view, loss.positive_threshold)
@@ -59,10 +59,35 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     model = build_model(cfg, dm)
     model.attach(dm)  # the family's data-derived tables (non-persistent buffers), exactly as in training
     if model.trainable:  # popularity has no weights: attach() counted its training ratings
-        checkpoint = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
-        model.load_state_dict(checkpoint["state_dict"])
+        _load_weights(model, checkpoint_path(run_dir))
     model.to(device).eval()
     return Run(run_dir, cfg, meta, dm, model)
+
+
+def _run_config(run_dir: Path) -> DictConfig:
+    """The run's ``config.yaml``; an unreadable one is a :class:`RunError` naming it."""
+    path = run_dir / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+        cfg.loss._target_, cfg.model._target_  # noqa: B018  (a run's config names both)
+    except Exception as err:  # YAML syntax, a mapping without model or loss
+        raise RunError(f"{path} is unreadable ({one_line(err)}): restore the run's config.yaml or retrain") from None
+    return cfg
+
+
+def _load_weights(model: RecommenderModule, path: Path) -> None:
+    """The checkpoint's weights into the model ``config.yaml`` describes; a truncated or foreign checkpoint, or a
+    config edited to other sizes, is a :class:`RunError` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except (*DAMAGED, TypeError) as err:
+        raise RunError(f"{path} is damaged or not a Lightning checkpoint ({one_line(err)}): use the other checkpoint "
+                       "of checkpoints/ (best.ckpt or last.ckpt) or retrain") from None  # fmt: skip
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # size mismatch or missing keys
+        raise RunError(f"{path} does not fit the model of {path.parent.parent / 'config.yaml'} "
+                       f"({one_line(err)}): restore the run's config.yaml or retrain") from None  # fmt: skip
 
 
 def resolve_movie(
@@ -212,9 +237,10 @@ class Run:
         rank): user_id, rank, movie_id, score. ``score`` is the family's ranking score (higher first; e.g. MF's
         pre-sigmoid output, a cosine for siamese), the one its metrics were computed on.
 
-        A made-up user (seed 002), for families that build users from their ratings (``needs_user_ids`` False:
-        twotower, siamese): ``recommend(liked=["Toy Story (1995)", ...], liked_ids=[1, ...], likes_genre=
-        ["Animation"], dislikes_genre=["Horror"])`` -> the same columns as ``user=``, the liked movies left out.
+        A made-up user (as in the blog post "Building a Two-Tower Deep Learning Movie Recommender System in PyTorch"
+        (2024)), for families that build users from their ratings (``needs_user_ids`` False: twotower, siamese):
+        ``recommend(liked=["Toy Story (1995)", ...], liked_ids=[1, ...], likes_genre=["Animation"],
+        dislikes_genre=["Horror"])`` -> the same columns as ``user=``, the liked movies left out.
         Titles resolve as in :func:`resolve_movie`, genres case-insensitively. The user is formed as:
 
         * ratings: each liked movie (titles first, then ids, in the order given; duplicates once) rated at the top
@@ -335,8 +361,9 @@ class Run:
 
     # ------------------------------------------------------------------ keyword search
     def search(self, keywords: str | Sequence[str], k: int = 10) -> pd.DataFrame:
-        """The ``k`` movies nearest to a keyword query (seed 001): columns movie_id, title, year, genres, score
-        (the cosine), rank; the descriptors the query was read as are in ``frame.attrs["descriptors"]``.
+        """The ``k`` movies nearest to a keyword query (as in a public Siamese-network notebook on MovieLens
+        genome tags): columns movie_id, title, year, genres, score (the cosine), rank; the descriptors the query
+        was read as are in ``frame.attrs["descriptors"]``.
 
         ``keywords``: a list of words or one free-text string (split on whitespace). Words are matched to the
         run's descriptor vocabulary (genres, decades such as "1990s", genome and user tags) case-insensitively,

@@ -7,7 +7,8 @@ Each function takes a :class:`recarena.inference.Run` (``load_run(RUN_DIR)``):
   family's own evaluation step), so with the run's settings it gives the numbers of ``metrics.json``.
 - :func:`bias_table` and :func:`item_pca` (:func:`explain` writes both): the movies liked most and least whoever
   rates them (item biases, where the family has them), and a PCA of the item vectors as a PNG with the most-rated
-  titles labelled (seeds 003/004: fastai's reading of a collaborative-filtering model).
+  titles labelled (fastai's reading of a collaborative-filtering model: Howard & Gugger, *Deep Learning for
+  Coders*, ch. 8; the blog post "A simple movie recommender based on similarity").
 - :func:`export` writes user and item embeddings with their MovieLens ids to parquet for an approximate
   nearest-neighbour index, plus a manifest that says how to score them.
 """
@@ -20,7 +21,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.inference import Run, families_that
 from recarena.rundir import checkpoint_path, is_count
 from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
+
+if TYPE_CHECKING:
+    from recarena.run import FinishedRun
 
 log = logging.getLogger(__name__)
 __all__ = ["bias_table", "evaluate", "explain", "export", "item_pca", "read_embeddings"]
@@ -253,6 +257,13 @@ def _doc(method: Any) -> str:
     return (method.__doc__ or "").strip().split("\n")[0]
 
 
+def export_after_run(finished: FinishedRun) -> None:
+    """``after_run.export`` of conf/train.yaml: with ``export_embeddings: true`` (the default), the finished run's
+    :func:`export_for_serving`, for the families that have vectors to export (the run is loaded only for them)."""
+    if finished.cfg.get("export_embeddings", True) and exports_embeddings(type(finished.model)) and finished.load:
+        export_for_serving(finished.load())
+
+
 def export_for_serving(run: Run) -> dict[str, Any] | None:
     """At the end of training: ``RUN_DIR/export``, the vectors ``recarena recommend`` answers from without loading
     the model (:mod:`recarena.serving`), for families that have them (else None). ``run`` is the run as
@@ -293,36 +304,58 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
         )
     if not is_count(chunk):
         raise RunError(f"chunk must be a positive integer (users per row group), got {chunk!r}")
+    out = Path(out or run.path / "export")
+    similarity = vector_similarity(model.loss_fn)
+    rows = run.split.train if model.needs_user_ids else np.concatenate([run.split.train, run.split.known])
+    users = np.unique(run.corpus.users[rows])
+    n_items, dim = _write_item_vectors(run, out / "items.parquet")
+    _write_user_vectors(run, users, dim, out / "users.parquet", chunk)
+    manifest = _export_manifest(run, similarity, dim, n_users=len(users), n_items=n_items)
+    with atomic_file(out / "manifest.json") as handle:
+        handle.write(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _write_item_vectors(run: Run, path: Path) -> tuple[int, int]:
+    """items.parquet: every movie's table row, training count and vector; returns (rows, dim)."""
     import pyarrow.parquet as pq
 
-    out = Path(out or run.path / "export")
-    c, split = run.corpus, run.split
-    similarity = vector_similarity(model.loss_fn)
-    rows = split.train if model.needs_user_ids else np.concatenate([split.train, split.known])
-    users = np.unique(c.users[rows])
-    user_counts = np.bincount(c.users[split.train], minlength=c.n_users)
     with torch.no_grad():
-        items = model.item_embeddings().detach().float().cpu().numpy()  # (n_items, D)
+        items = run.model.item_embeddings().detach().float().cpu().numpy()  # (n_items, D)
     item_stats = _item_stats(run)[["movie_id", "title", "year", "genres", "n_ratings"]]
-    with atomic_file(out / "items.parquet", "wb") as handle:
+    with atomic_file(path, "wb") as handle:
         pq.write_table(_vector_table(item_stats, items), handle)
-    with atomic_file(out / "users.parquet", "wb") as handle:
+    return items.shape[0], items.shape[1]
+
+
+def _write_user_vectors(run: Run, users: np.ndarray, dim: int, path: Path, chunk: int) -> None:
+    """users.parquet: id, training count and vector of each user, ``chunk`` users per row group."""
+    import pyarrow.parquet as pq
+
+    model, c = run.model, run.corpus
+    user_counts = np.bincount(c.users[run.split.train], minlength=c.n_users)
+    with atomic_file(path, "wb") as handle:
         writer = None
         for start in range(0, max(len(users), 1), chunk):
             part = users[start : start + chunk]
             with torch.no_grad():
                 vectors = model.user_embeddings(torch.from_numpy(part).to(model.device)).float().cpu().numpy()
             ids = pd.DataFrame({"user_id": c.user_ids[part].astype(np.int64), "n_ratings": user_counts[part]})
-            table = _vector_table(ids, vectors.reshape(len(part), items.shape[1]))
+            table = _vector_table(ids, vectors.reshape(len(part), dim))
             writer = writer or pq.ParquetWriter(handle, table.schema)
             writer.write_table(table)
         writer.close()
-    manifest = {
+
+
+def _export_manifest(run: Run, similarity: str, dim: int, n_users: int, n_items: int) -> dict[str, Any]:
+    """manifest.json: what the vectors are, how to compare and index them, and the checkpoint they come from."""
+    model = run.model
+    return {
         "format_version": EXPORT_FORMAT_VERSION,
         "run_dir": str(run.path),
         "family": run.family,
         "loss": run.meta.get("loss"),
-        "dim": int(items.shape[1]),
+        "dim": int(dim),
         "dtype": "float32",
         "similarity": similarity,
         "score": "users.embedding[u] . items.embedding[i]" if similarity == "dot" else
@@ -330,13 +363,10 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
         "index": "faiss IndexFlatIP (or IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT)), hnswlib space 'ip', annoy 'dot'"
                  if similarity == "dot" else "faiss IndexFlatIP after faiss.normalize_L2 on both sides, hnswlib "
                  "space 'cosine', annoy 'angular'",
-        "users": {"file": "users.parquet", "rows": int(len(users)), "id": "user_id", "vectors": _doc(model.user_embeddings)},
-        "items": {"file": "items.parquet", "rows": int(len(items)), "id": "movie_id", "vectors": _doc(model.item_embeddings)},
+        "users": {"file": "users.parquet", "rows": int(n_users), "id": "user_id", "vectors": _doc(model.user_embeddings)},
+        "items": {"file": "items.parquet", "rows": int(n_items), "id": "movie_id", "vectors": _doc(model.item_embeddings)},
         "embedding_column": EMBEDDING,
-        "split_fingerprint": split.fingerprint,
+        "split_fingerprint": run.split.fingerprint,
         # The checkpoint the vectors come from: `recarena recommend` answers from this export only while it holds.
         "checkpoint": checkpoint_stamp(checkpoint_path(run.path)),
     }  # fmt: skip
-    with atomic_file(out / "manifest.json") as handle:
-        handle.write(json.dumps(manifest, indent=2) + "\n")
-    return manifest

@@ -27,29 +27,14 @@ from recarena import significance
 from recarena.atomic import atomic_file
 from recarena.cli_errors import exit_on_user_error
 from recarena.errors import ConfigError
-from recarena.rundir import ERROR_FILE
+from recarena.evaluation.registry import COUNTS, METRICS, RATING_METRICS, lower_is_better
+from recarena.record import ERROR_FILE, KEYS, METRICS_FILE, METRICS_FORMAT_VERSION, config_key
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-KEYS = ["config_key", "model", "loss", "data", "split"]  # what makes two runs "the same configuration"
 TIMES = ["wall_seconds", "fit_seconds", "train_samples_per_s"]
 EXTRAS = ["best_epoch", "epochs", *TIMES]
-SEED_KEYS = {"seed", "split.seed"}  # overrides that replicate a configuration rather than define one
-RANK_ORDER = ["ndcg", "recall", "precision", "hit_rate", "mrr", "coverage", "popularity", "long_tail"]
-BOOKKEEPING = {"users_ranked", "users_skipped"}  # counts, not scores: kept in the CSV, left out of the markdown
-
-
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric from its name: errors, popularity bias and time go down, the rest up."""
-    base = metric.rsplit("/", 1)[-1].split("@")[0].lower()
-    return base in {"rmse", "mae", "mse", "loss", "arp"} or "popularity" in base or base.endswith("seconds")
-
-
-def config_key(overrides: Iterable[str]) -> str:
-    """The overrides minus the seed ones, sorted: runs differing only by seed share it."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS]
-    return " ".join(sorted(kept))
+RANK_ORDER = [metric.name for metric in METRICS.values() if metric.at_k]  # columns at one K, in this order
 
 
 def find_metrics(paths: Iterable[Path]) -> list[Path]:
@@ -59,7 +44,7 @@ def find_metrics(paths: Iterable[Path]) -> list[Path]:
         if p.is_file():
             found[p.resolve()] = None
         elif p.is_dir():
-            found.update(dict.fromkeys(q.resolve() for q in sorted(p.rglob("metrics.json"))))
+            found.update(dict.fromkeys(q.resolve() for q in sorted(p.rglob(METRICS_FILE))))
         else:
             log.warning("no such run or sweep dir: %s", p)
     return list(found)
@@ -69,8 +54,8 @@ def _metric_key(col: str) -> tuple:
     """Column order: rmse/mae first, then ranking metrics grouped by K, then anything else."""
     split, _, name = col.rpartition("/")
     base, _, k = name.partition("@")
-    if base in ("rmse", "mae"):
-        return (split, 0, 0, ("rmse", "mae").index(base), "")
+    if base in RATING_METRICS:
+        return (split, 0, 0, RATING_METRICS.index(base), "")
     if k:
         rank = RANK_ORDER.index(base) if base in RANK_ORDER else len(RANK_ORDER)
         return (split, 1, int(k) if k.isdigit() else math.inf, rank, base)
@@ -99,9 +84,9 @@ def load_runs(paths: Iterable[Path]) -> pd.DataFrame:
         except (OSError, ValueError) as e:
             log.warning("skipping unreadable %s: %s", path, e)
             continue
-        if not isinstance(d, dict) or d.get("format_version") != FORMAT_VERSION:
+        if not isinstance(d, dict) or d.get("format_version") != METRICS_FORMAT_VERSION:
             version = d.get("format_version", "missing") if isinstance(d, dict) else "not an object"
-            log.warning("skipping %s: format_version %s, expected %s", path, version, FORMAT_VERSION)
+            log.warning("skipping %s: format_version %s, expected %s", path, version, METRICS_FORMAT_VERSION)
             continue
         rows.append(_row(path, d))
     df = pd.DataFrame(rows, columns=None if rows else [*KEYS, "seed", *EXTRAS, "run_dir"])
@@ -125,7 +110,7 @@ def load_failures(paths: Iterable[Path]) -> pd.DataFrame:
             except (OSError, ValueError) as e:
                 log.warning("skipping unreadable %s: %s", path, e)
                 continue
-            if (path.parent / "metrics.json").is_file() or not isinstance(d, dict):
+            if (path.parent / METRICS_FILE).is_file() or not isinstance(d, dict):
                 continue
             rows.append({**{k: d.get(k) or "" for k in ("model", "loss", "data", "split")}, "seed": d.get("seed"),
                          "config_key": d.get("config_key") or config_key(d.get("overrides") or []),
@@ -147,7 +132,7 @@ def _default_primary(runs: pd.DataFrame, metrics: list[str]) -> str:
     candidates = []
     if len(monitors):
         candidates += [f"test/{str(monitors.iloc[0]).rpartition('/')[2]}", str(monitors.iloc[0])]
-    candidates += [m for m in metrics if m.startswith("test/") and m.rpartition("/")[2] not in BOOKKEEPING]
+    candidates += [m for m in metrics if m.startswith("test/") and m.rpartition("/")[2] not in COUNTS]
     return next((c for c in candidates if c in metrics), metrics[0])
 
 
@@ -204,7 +189,7 @@ def _display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list
     if board.attrs.get("columns"):  # --columns: these metrics, in this order
         shown = chosen_columns(board, board.attrs["columns"])
     else:
-        scores = [m for m in metrics if m not in TIMES and m.rpartition("/")[2] not in BOOKKEEPING]
+        scores = [m for m in metrics if m not in TIMES and m.rpartition("/")[2] not in COUNTS]
         shown = sorted([m for m in scores if m.startswith("test/")] or scores, key=_metric_key)
         shown += ["wall_seconds"] if "wall_seconds" in metrics else []
     headers = ["configuration", "model", "loss", "data", "split", "n_seeds", *shown]
@@ -240,7 +225,7 @@ def chosen_columns(board: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     chosen = [c if "/" in c or c in TIMES or c in EXTRAS else f"test/{c}" for c in columns]
     unknown = [c for c, full in zip(columns, chosen, strict=True) if full not in known]
     if unknown:
-        names = sorted({k.removeprefix("test/") for k in known if k.rpartition("/")[2] not in BOOKKEEPING},
+        names = sorted({k.removeprefix("test/") for k in known if k.rpartition("/")[2] not in COUNTS},
                        key=lambda k: _metric_key(k if "/" in k else f"test/{k}"))  # fmt: skip
         raise ConfigError(f"--columns: unknown metric {', '.join(unknown)}; known: {', '.join(names)}.")
     return chosen

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from recarena.atomic import atomic_file
-from recarena.report import KEYS
+from recarena.record import KEYS
 from recarena.significance import runs_by_row, validation_twin
 
 if TYPE_CHECKING:

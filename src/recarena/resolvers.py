@@ -1,6 +1,9 @@
 """The config resolvers of ``conf/`` (``${recarena.*:...}``), registered on ``import recarena``.
 
 - ``${recarena.optuna_direction:${eval.monitor_mode}}`` (conf/hparams_search/): :func:`recarena.hparams.optuna_direction`;
+- ``${recarena.metric_mode:${eval.monitor}}`` (conf/eval/): ``min`` or ``max``, the metric's direction in
+  :mod:`recarena.evaluation.registry`;
+- ``${recarena.sweep:${report_seeds}}`` (conf/experiment/): a list as a sweeper's comma-separated values;
 - ``${recarena.families:}`` (experiment=compare_families): every family preset of ``conf/family/``, comma-separated
   for a sweeper's ``params`` (:func:`recarena.checks.family_presets`);
 - ``${recarena.pid:}`` (``hydra.run.dir``): this process's id, so that two runs started in the same second get
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -44,6 +48,18 @@ def optuna_direction(mode: str) -> str:
     return direction(mode)
 
 
+def metric_mode(metric: str) -> str:
+    """:func:`recarena.evaluation.registry.monitor_mode` (torch-free)."""
+    from recarena.evaluation.registry import monitor_mode
+
+    return monitor_mode(metric)
+
+
+def sweep(values: list[Any]) -> str:
+    """``[42, 43, 44]`` -> ``42,43,44``: the values of a list, as a sweeper's ``params`` entry sweeps them."""
+    return ",".join(str(value) for value in values)
+
+
 def families() -> str:
     """``popularity,mf,...``: the names of ``conf/family/*.yaml``, for a sweep over every family."""
     from recarena.checks import family_presets
@@ -54,6 +70,7 @@ def families() -> str:
 def register_resolvers() -> None:
     """Register every ``recarena.*`` resolver (idempotent; before Hydra composes a config)."""
     for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group),
-                           ("recarena.families", families), ("recarena.pid", os.getpid)):
+                           ("recarena.families", families), ("recarena.pid", os.getpid),
+                           ("recarena.metric_mode", metric_mode), ("recarena.sweep", sweep)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -16,7 +17,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -29,18 +31,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.atomic import write_json
-from recarena.checkpoint_io import AtomicCheckpointIO
+from recarena.build import build_datamodule, build_model, build_trainer
 from recarena.checks import check_config, config_warnings, option_name
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
-from recarena.errors import USER_ERRORS, ConfigError
-from recarena.random_state import RandomState
-from recarena.report import config_key
+from recarena.errors import USER_ERRORS, ConfigError, one_line
+from recarena.inference import Run, load_run
+from recarena.record import ERROR_FILE, METRICS_FILE, METRICS_FORMAT_VERSION, config_key, is_finished
 from recarena.run_config import run_hyperparameters
-from recarena.rundir import ERROR_FILE, clear_run_dir, is_finished, same_config, save_run_data
+from recarena.rundir import clear_run_dir, same_config, save_run_data
 from recarena.threads import AUTO, job_threads, use_threads
 from recarena.timing import EpochTimer
-from recarena.wandb_report import has_wandb_logger, log_run_report, write_wandb_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,106 +64,159 @@ for _message in (
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).propagate = False
 
-METRICS_FORMAT_VERSION = 1
+
+@dataclass(frozen=True)
+class Job:
+    """What Hydra knows about a run beside its config: under ``train.py`` Hydra's global job config, for a config
+    from :func:`recarena.build.compose` the config's own ``hydra`` node; nothing for a bare config."""
+
+    output_dir: str | None = None
+    overrides: tuple[str, ...] = ()
+    choices: dict[str, Any] = field(default_factory=dict)  # the option chosen in each config group
+    launcher: dict[str, Any] = field(default_factory=dict)  # how many jobs share the cores (recarena.threads)
+    multirun: bool = False
+    from_hydra: bool = False
+
+    @classmethod
+    def of(cls, hydra: DictConfig | None) -> Job:
+        if hydra is None:
+            return cls()
+        return cls(
+            output_dir=hydra.runtime.output_dir,
+            overrides=tuple(hydra.overrides.task),
+            choices=OmegaConf.to_container(hydra.runtime.choices),
+            launcher=OmegaConf.to_container(hydra.launcher, resolve=True) if hydra.get("launcher") else {},
+            multirun=hydra.mode == RunMode.MULTIRUN,
+            from_hydra=True,
+        )
 
 
-def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | None = None) -> MovieLensDataModule:
-    return MovieLensDataModule(
-        data=cfg.data,
-        split=cfg.split,
-        seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size),
-        view=view,
-        user_chunk=int(cfg.eval.user_chunk),
-        minibatches_per_step=int(cfg.minibatches_per_step),
-        positive_threshold=positive_threshold,
-        view_options=OmegaConf.to_container(cfg.model, resolve=True),
-        max_eval_users=cfg.eval.get("max_users"),
-        test_known=str(cfg.eval.get("test_known", "train")),
-    )
+def split_job(cfg: DictConfig) -> tuple[DictConfig, Job]:
+    """The run's config without a ``hydra`` node, and its :class:`Job` (from that node, else from Hydra's global
+    job config when ``train.py`` runs, else empty)."""
+    if "hydra" not in cfg:
+        return cfg, Job.of(_hydra())
+    job = Job.of(cfg.hydra)
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, job
 
 
-def build_model(cfg: DictConfig, dm: MovieLensDataModule) -> L.LightningModule:
-    loss = instantiate(cfg.loss)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("_target_") else None
-    return instantiate(
-        cfg.model,
-        schema=dm.schema,
-        loss=loss,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=scheduler,
-        ks=list(cfg.eval.ks),
-        relevance_threshold=cfg.eval.relevance_threshold,
-        head_share=cfg.eval.head_share,
-        _convert_="all",
-    )
+@dataclass
+class FinishedRun:
+    """What each ``after_run`` step of the config gets once the run dir is written, before the loggers close."""
 
-
-def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks += [timer, RandomState()]  # RandomState: a resumed run draws what the straight run would have
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
-                       plugins=[AtomicCheckpointIO()])  # fmt: skip
+    cfg: DictConfig
+    trainer: L.Trainer
+    model: L.LightningModule
+    result: dict[str, Any]  # metrics.json
+    path: Path
+    load: Callable[[], Run] | None  # the run loaded back from its dir (once, on first call); None without run data
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train and test one configuration; returns the content of ``metrics.json``."""
+    """Train and test one configuration; returns the content of ``metrics.json``.
+
+    ``cfg`` is the config ``train.py`` composes, or :func:`recarena.build.compose`'s (whose ``hydra`` node names
+    the run dir and the overrides). The steps: check, claim the run dir, build, fit, validate the best checkpoint,
+    test it, record, save and run the config's ``after_run`` steps.
+    """
+    cfg, job = split_job(cfg)
     check_config(cfg)  # before any data work: a bad combination must not cost a download
-    if rank_zero_only.rank == 0:
+    main_process = rank_zero_only.rank == 0  # under DDP every process runs train(); one reports
+    if main_process:
         for line in config_warnings(cfg):
             log.warning(line)
-    threads = job_threads(cfg.get("threads", AUTO), _hydra_launcher())
+    threads = job_threads(cfg.get("threads", AUTO), job.launcher)
     use_threads(threads)
-    output_dir = Path(output_dir or _hydra_output_dir() or tempfile.mkdtemp(prefix="recarena-"))
+    output_dir = Path(output_dir or job.output_dir or tempfile.mkdtemp(prefix="recarena-"))
     output_dir.mkdir(parents=True, exist_ok=True)
-    if (finished := _claim_run_dir(cfg, output_dir)) is not None:
+    if (finished := _claim_run_dir(cfg, output_dir, job.multirun)) is not None:
         return finished
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm, model, trainer, timer = _build(cfg, output_dir, job, threads, verbose=main_process)
 
+    fit_started = time.perf_counter()
+    _fit(cfg, trainer, model, dm)
+    fit_seconds = time.perf_counter() - fit_started
+    best_path = _best_checkpoint(trainer) if model.trainable else None
+    val_metrics = _validate_best(trainer, model, dm, best_path)
+    eval_started = time.perf_counter()
+    test_metrics, refit_epochs = _test(cfg, trainer, model, dm, output_dir, best_path)
+    seconds = {"fit_seconds": fit_seconds, "train_seconds": timer.train_seconds,
+               "eval_seconds": time.perf_counter() - eval_started, "wall_seconds": time.perf_counter() - started}
+    result = _record(cfg, job, threads, dm, trainer, model, val_metrics, test_metrics, best_path, refit_epochs)
+    result |= {key: round(value, 3) for key, value in seconds.items()}
+    result["train_samples_per_s"] = round(timer.samples_per_second(dm.n_train), 1)
+    if main_process:
+        _save(cfg, FinishedRun(cfg, trainer, model, result, output_dir, load=None), dm, job)
+    _finish_loggers(trainer)
+    return result
+
+
+def _build(cfg: DictConfig, output_dir: Path, job: Job, threads: int,
+           verbose: bool) -> tuple[MovieLensDataModule, L.LightningModule, L.Trainer, EpochTimer]:  # fmt: skip
+    """The datamodule (its split made or read from the cache), the family and the trainer; the resolved config
+    goes to ``config.yaml`` and, whole, to every logger."""
     loss = instantiate(cfg.loss)
     dm = build_datamodule(cfg, loss.view, loss.positive_threshold)
     dm.prepare_data()
     dm.setup("fit")
-    main_process = rank_zero_only.rank == 0  # under DDP every process runs train(); one reports
-    if cfg.get("verbose", True) and main_process:
+    if cfg.get("verbose", True) and verbose:
         print_stats(cfg.data.name, cfg.split.name, dm.stats)
-
     model = build_model(cfg, dm)
     timer = EpochTimer()
     trainer = build_trainer(cfg, output_dir, timer)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    _log_run_config(cfg, trainer, model, dm, output_dir, threads)
+    _log_run_config(cfg, job, trainer, model, dm, output_dir, threads)
+    return dm, model, trainer, timer
 
-    fit_started = time.perf_counter()
+
+def _fit(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule) -> None:
+    """Train a gradient family (resuming from ``ckpt_path`` when given); a fitted family (popularity, EASE,
+    ItemKNN) fits in ``setup`` and is validated once."""
     if model.trainable:
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        except RuntimeError as err:  # restoring ckpt_path into a model of other sizes or another family
+            if cfg.get("ckpt_path") and "loading state_dict" in str(err):
+                raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not fit this model ({one_line(err)}): resume with "
+                                  "the overrides of the run that wrote it") from None  # fmt: skip
+            raise
     else:
         trainer.validate(model, datamodule=dm, verbose=False)
-    fit_seconds = time.perf_counter() - fit_started
-    best_path = _best_checkpoint(trainer)
-    if model.trainable and best_path:
-        # callback_metrics hold the last epoch's validation; report the best checkpoint's, like the test. Not
-        # logged: the curves (CSV, W&B) show each epoch once; the summary is written from metrics.json.
+
+
+def _validate_best(trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule,
+                   best_path: str | None) -> dict[str, float]:  # fmt: skip
+    """The validation metrics of the model that is tested: after training, ``callback_metrics`` hold the last
+    epoch's, so the best checkpoint is validated again. Not logged: the curves (CSV, W&B) show each epoch once;
+    the summary is written from metrics.json."""
+    if best_path:
         with _loggers_off(trainer):
             trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
-    val_metrics = _metrics_with_prefix(trainer, "val/")
+    return _metrics_with_prefix(trainer, "val/")
 
-    test_metrics: dict[str, float] = {}
-    eval_started = time.perf_counter()
-    refit = refits_for_test(cfg, model)
-    if cfg.get("test", True) and refit:
-        test_metrics = _refit_and_test(cfg, dm, output_dir, best_path)
-    elif cfg.get("test", True):
-        ckpt = best_path if (model.trainable and best_path) else None
-        trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=False)
-        test_metrics = _metrics_with_prefix(trainer, "test/")
-    eval_seconds = time.perf_counter() - eval_started
 
-    result = {
+def _test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule,
+          output_dir: Path, best_path: str | None) -> tuple[dict[str, float], int | None]:  # fmt: skip
+    """The test metrics of the best checkpoint (nothing with ``test=false``), and the epochs of the retraining on
+    train + validation when ``eval.test_known=train+val`` needs one (:func:`refits_for_test`), else None."""
+    if not cfg.get("test", True):
+        return {}, None
+    if refits_for_test(cfg, model):
+        return _refit_and_test(cfg, dm, output_dir, best_path), _checkpoint_epochs(best_path) if best_path else None
+    trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
+    return _metrics_with_prefix(trainer, "test/"), None
+
+
+def _record(cfg: DictConfig, job: Job, threads: int, dm: MovieLensDataModule, trainer: L.Trainer,
+            model: L.LightningModule, val: dict[str, float], test: dict[str, float], best_path: str | None,
+            refit_epochs: int | None) -> dict[str, Any]:  # fmt: skip
+    """``metrics.json`` (the run record, :mod:`recarena.record`) but for its timings."""
+    return {
         "format_version": METRICS_FORMAT_VERSION,
         "model": option_name(cfg, "model"),
         "loss": option_name(cfg, "loss"),
@@ -170,24 +224,19 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "split": str(cfg.split.name),
         "seed": int(cfg.seed),
         "threads": threads,
-        "overrides": _task_overrides(),
-        "config_key": config_key(_task_overrides()),
+        "overrides": list(job.overrides),
+        "config_key": config_key(job.overrides),
         "monitor": str(cfg.eval.monitor),
         # What the model could know at test time (eval.test_known) and, for families whose users are learnt ids
         # under train+val, the epochs of the retraining on train + validation that was tested.
         "test_known": str(cfg.eval.get("test_known", "train")),
-        "test_refit_epochs": _checkpoint_epochs(best_path) if refit and best_path else None,
+        "test_refit_epochs": refit_epochs,
         "monitor_mode": str(cfg.eval.monitor_mode),
-        "val": val_metrics,
-        "test": test_metrics,
+        "val": val,
+        "test": test,
         # 1-based epoch of the best checkpoint (the model validated and tested); None for fitted families.
-        "best_epoch": _checkpoint_epochs(best_path) if model.trainable and best_path else None,
+        "best_epoch": _checkpoint_epochs(best_path) if best_path else None,
         "epochs": int(trainer.current_epoch) if model.trainable else 0,
-        "fit_seconds": round(fit_seconds, 3),
-        "train_seconds": round(timer.train_seconds, 3),
-        "eval_seconds": round(eval_seconds, 3),
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "train_samples_per_s": round(timer.samples_per_second(dm.n_train), 1),
         "best_checkpoint": str(best_path) if best_path else None,
         "split_fingerprint": dm.split.fingerprint,
         # Users scored / users with a held-out rating: fewer when eval.max_users samples them.
@@ -197,34 +246,48 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
-    if main_process and cfg.get("save_run_data", True):  # what load_run needs beside the checkpoint (recarena.rundir)
+
+
+def _save(cfg: DictConfig, finished: FinishedRun, dm: MovieLensDataModule, job: Job) -> None:
+    """The run data ``load_run`` needs beside the checkpoint (:mod:`recarena.rundir`), the ``after_run`` steps,
+    then ``metrics.json``, last: from then on the run dir reads as finished."""
+    output_dir, result = finished.path, finished.result
+    if cfg.get("save_run_data", True):
         save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
-        _use_saved_run(cfg, trainer, output_dir, type(model))
-    write_wandb_summary(trainer, result)
-    _finish_loggers(trainer)
-    if main_process:
-        write_json(output_dir / "metrics.json", result)
-        if cfg.get("verbose", True):
-            print_metrics(result)
-            print(f"run dir: {output_dir}")
-        _point_latest(output_dir)
-    return result
+        finished.load = functools.cache(lambda: load_run(output_dir))
+    _after_run(cfg, finished)
+    write_json(output_dir / METRICS_FILE, result)
+    if cfg.get("verbose", True):
+        print_metrics(result)
+        print(f"run dir: {output_dir}")
+    _point_latest(output_dir, job)
 
 
-def _log_run_config(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule,
-                    output_dir: Path, threads: int) -> None:  # fmt: skip
+def _after_run(cfg: DictConfig, finished: FinishedRun) -> None:
+    """Each step of the config's ``after_run`` (``export``: the vectors ``recarena recommend`` serves; ``wandb``:
+    the W&B summary and report), called with the finished run; a failing step is logged, never fails the run."""
+    for name, step in (cfg.get("after_run") or {}).items():
+        if step is None:
+            continue
+        try:
+            instantiate(step)(finished)
+        except Exception:
+            log.exception("after_run.%s failed on %s", name, finished.path)
+
+
+def _log_run_config(cfg: DictConfig, job: Job, trainer: L.Trainer, model: L.LightningModule,
+                    dm: MovieLensDataModule, output_dir: Path, threads: int) -> None:  # fmt: skip
     """Every logger gets the whole config (:mod:`recarena.run_config`), to filter and group runs by."""
-    choices = OmegaConf.to_container(hydra.runtime.choices) if (hydra := _hydra()) else {}
-    params = run_hyperparameters(cfg, choices, model, dm.split.fingerprint, output_dir, threads)
+    params = run_hyperparameters(cfg, job.choices, model, dm.split.fingerprint, output_dir, threads)
     for logger in trainer.loggers:
         logger.log_hyperparams(params)
 
 
-def _point_latest(output_dir: Path) -> None:
+def _point_latest(output_dir: Path, job: Job) -> None:
     """``outputs/latest`` -> the newest finished single run under ``outputs/`` (the default run dirs), replaced
     atomically; runs elsewhere and the jobs of a multirun leave it alone."""
     outputs = Path.cwd() / "outputs"
-    if _hydra() is None or _in_multirun() or not output_dir.resolve().is_relative_to(outputs.resolve()):
+    if not job.from_hydra or job.multirun or not output_dir.resolve().is_relative_to(outputs.resolve()):
         return
     link = outputs / "latest"
     tmp = outputs / f".latest.{os.getpid()}"
@@ -247,7 +310,7 @@ def train_job(cfg: DictConfig) -> dict[str, Any] | None:
         if not isinstance(error, USER_ERRORS):
             log.exception("job failed")
         print(f"error: {line}", file=sys.stderr)
-        _write_error(cfg, line)
+        _write_error(*split_job(cfg), line)
         return None
 
 
@@ -258,29 +321,26 @@ def _error_line(error: BaseException) -> str:
         return str(error).strip().splitlines()[0]
     while error.__cause__ is not None:
         error = error.__cause__
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first}".rstrip(": ")
+    return one_line(error)
 
 
-def _write_error(cfg: DictConfig, line: str) -> None:
-    output_dir = Path(_hydra_output_dir() or ".")
+def _write_error(cfg: DictConfig, job: Job, line: str) -> None:
+    output_dir = Path(job.output_dir or ".")
     if is_finished(output_dir):  # a refused dir: its finished run stays as it was
         return
-    choices = hydra.runtime.choices if (hydra := _hydra()) else {}
-    overrides = _task_overrides()
+    overrides = list(job.overrides)
     record = {"format_version": METRICS_FORMAT_VERSION, "status": "failed", "error": line,
-              **{group: choices.get(group) or "" for group in ("model", "loss", "data", "split")},
+              **{group: job.choices.get(group) or "" for group in ("model", "loss", "data", "split")},
               "seed": cfg.get("seed"), "overrides": overrides, "config_key": config_key(overrides)}  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / ERROR_FILE, record)
 
 
-def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+def _claim_run_dir(cfg: DictConfig, output_dir: Path, multirun: bool) -> dict[str, Any] | None:
     """A run dir holds one run. A finished run (``metrics.json``) is refused unless ``overwrite=true``, except in a
     multirun whose job there finished with the same resolved config: the rerun sweep skips it and returns its
     metrics (resuming a sweep). A run that resumes from a checkpoint (``ckpt_path``) continues the dir's run;
     otherwise an earlier run's artefacts are removed, so that nothing of two runs is mixed."""
-    multirun = _in_multirun()
     # A DDP worker re-runs train() while rank 0 trains: the dir is rank 0's. A resumed (or continued) run's
     # checkpoints and files are its own.
     if rank_zero_only.rank != 0 or cfg.get("ckpt_path"):
@@ -288,7 +348,7 @@ def _claim_run_dir(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     if is_finished(output_dir) and not cfg.get("overwrite", False):
         if multirun and same_config(output_dir, OmegaConf.to_container(cfg, resolve=True)):
             log.info("%s finished with this config already: skipped", output_dir)
-            return json.loads((output_dir / "metrics.json").read_text())
+            return json.loads((output_dir / METRICS_FILE).read_text())
         key, which = ("hydra.sweep.dir", " of another config") if multirun else ("hydra.run.dir", "")
         raise ConfigError(
             f"{key}: {output_dir} holds a finished run (metrics.json){which}: choose another {key}, or add "
@@ -346,29 +406,6 @@ def _checkpoint_epochs(path: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
 
 
-def _use_saved_run(cfg: DictConfig, trainer: L.Trainer, output_dir: Path, family: type) -> None:
-    """What the end of training derives from the run dir it wrote: the exported vectors `recarena recommend`
-    answers from (``export_embeddings``) and, with logger=wandb, the sample recommendations and item PCA. The run
-    is loaded once (7.7 s at 25M ratings), and only when one of them needs it; a failure never fails the run."""
-    from recarena.inspection import export_for_serving, exports_embeddings
-
-    export = bool(cfg.get("export_embeddings", True)) and exports_embeddings(family)
-    report = has_wandb_logger(trainer)
-    if not (export or report):
-        return
-    from recarena.inference import load_run
-
-    try:
-        run = load_run(output_dir)
-    except Exception:
-        log.exception("could not load %s back for its export and report", output_dir)
-        return
-    if export:
-        export_for_serving(run)
-    if report:
-        log_run_report(cfg, trainer, run)
-
-
 def _finish_loggers(trainer: L.Trainer) -> None:
     """Close each logger's run: a W&B run left open would swallow the next job of a multirun."""
     for logger in trainer.loggers:
@@ -392,24 +429,6 @@ def _hydra() -> DictConfig | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def _in_multirun() -> bool:
-    """Whether this is a job of a Hydra multirun (a sweep), where a run dir's finished run may be skipped."""
-    return (hydra := _hydra()) is not None and hydra.mode == RunMode.MULTIRUN
-
-
-def _task_overrides() -> list[str]:
-    return list(hydra.overrides.task) if (hydra := _hydra()) else []
-
-
-def _hydra_output_dir() -> str | None:
-    return hydra.runtime.output_dir if (hydra := _hydra()) else None
-
-
-def _hydra_launcher() -> dict[str, Any]:
-    """The launcher's config (empty outside Hydra): how many jobs share the cores (:mod:`recarena.threads`)."""
-    return OmegaConf.to_container(hydra.launcher, resolve=True) if (hydra := _hydra()) else {}
 
 
 def _versions() -> dict[str, str]:

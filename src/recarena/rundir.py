@@ -20,23 +20,24 @@ dir, as much as its parsed corpus in the data cache; ``save_run_data=false`` ski
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recarena import __version__
 from recarena.atomic import write_json
 from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, read_split, write_split
-from recarena.errors import RunError
+from recarena.errors import RunError, one_line
+from recarena.record import ERROR_FILE, METRICS_FILE, PER_USER_FILE, is_finished
+from recarena.version import __version__
 
 #: Bump when the run dir's layout changes in a way an older reader would misread.
 RUN_FORMAT_VERSION = 1
 RUN_FILE = "run.json"
-#: A job of a multirun that failed: its one-line error, configuration and seed (recarena.run.train_job).
-ERROR_FILE = "error.json"
 CORPUS_DIR = "data/corpus"
 SPLIT_FILE = "data/split.npz"
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
@@ -47,15 +48,9 @@ def is_count(value: Any, minimum: int = 1) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether a run dir holds a finished run: ``metrics.json`` is written last, atomically, once training, testing
-    and the run data are done. The one check that resuming work (``recarena benchmark``) relies on."""
-    return (Path(run_dir) / "metrics.json").is_file()
-
-
 #: What a run writes into its run dir (Hydra's own .hydra/ and train.log excepted): removed before a fresh run
 #: reuses the dir, so that nothing of an earlier run is mixed with the new one.
-RUN_ARTEFACTS = ("metrics.json", RUN_FILE, "config.yaml", ERROR_FILE, "per_user_metrics.parquet", "checkpoints",
+RUN_ARTEFACTS = (METRICS_FILE, RUN_FILE, "config.yaml", ERROR_FILE, PER_USER_FILE, "checkpoints",
                  "data", "export", "explain", "csv", "tensorboard", "wandb")  # fmt: skip
 
 
@@ -132,11 +127,18 @@ def read_run_data(run_dir: Path, meta: dict[str, Any]) -> tuple[Corpus, Split]:
     corpus_dir, split_path = run_dir / meta["corpus"], run_dir / meta["split"]
     if not Corpus.is_cached(corpus_dir):
         raise RunError(f"{run_dir} lacks its saved corpus ({corpus_dir}): retrain the run")
-    corpus = Corpus.load(corpus_dir)
+    try:
+        corpus = Corpus.load(corpus_dir)
+    except DAMAGED as err:
+        raise RunError(f"{corpus_dir} is damaged ({one_line(err)}): retrain the run, or copy the dir back") from None
     split = read_split(split_path, corpus)
     if split is None or split.fingerprint != meta["split_fingerprint"]:
         raise RunError(f"{split_path} is missing, damaged or not the run's split: retrain the run")
     return corpus, split
+
+
+#: What reading a truncated or foreign file raises (numpy's npz and pickle, pyarrow, torch's zip reader, json).
+DAMAGED = (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 
 def checkpoint_path(run_dir: Path) -> Path:

@@ -20,6 +20,7 @@ unknown user, whose error message the model path words) it loads the model (:fun
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ import pandas as pd
 EXPORT_DIR, MANIFEST = "export", "manifest.json"
 EXPORT_FORMAT_VERSION = 1
 EMBEDDING = "embedding"  # the fixed-size list column of the exported parquet files
+#: An export that cannot answer: a file missing or damaged (pyarrow's errors are OSError / ValueError), a user it
+#: does not hold (LookupError), the corpus's ratings.npz truncated (zipfile.BadZipFile, EOFError).
+_UNUSABLE = (OSError, ValueError, LookupError, EOFError, zipfile.BadZipFile)
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -71,20 +75,27 @@ def recommend_from_export(run_dir: str | Path, user_id: int, k: int) -> tuple[pd
     manifest = fresh_manifest(run_dir)
     if manifest is None or not is_count(k):  # a bad k: the model path words the error
         return None
-    users, user_vectors = read_embeddings(run_dir / EXPORT_DIR / "users.parquet")
-    row = np.flatnonzero(users["user_id"].to_numpy() == int(user_id))
-    if not len(row):
+    try:
+        return _recommend(run_dir, manifest, int(user_id), int(k)), manifest
+    except _UNUSABLE:  # a missing or damaged export file or corpus: the model path answers, or names the file
         return None
+
+
+def _recommend(run_dir: Path, manifest: dict[str, Any], user_id: int, k: int) -> pd.DataFrame:
+    users, user_vectors = read_embeddings(run_dir / EXPORT_DIR / "users.parquet")
+    row = np.flatnonzero(users["user_id"].to_numpy() == user_id)
+    if not len(row):
+        raise LookupError(f"user {user_id} is not in the export")
     items, item_vectors = read_embeddings(run_dir / EXPORT_DIR / "items.parquet")
     query = user_vectors[row[0]]
     if manifest["similarity"] == "cosine":
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         item_vectors = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
     scores = item_vectors @ query  # (n_items,)
-    scores[_rated_items(run_dir, int(user_id))] = -np.inf
-    order = np.lexsort((np.arange(len(scores)), -scores))[: min(int(k), int(np.isfinite(scores).sum()))]
+    scores[_rated_items(run_dir, user_id)] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))[: min(k, int(np.isfinite(scores).sum()))]
     frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
-    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1)), manifest
+    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1))
 
 
 def _rated_items(run_dir: Path, user_id: int) -> np.ndarray:

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recarena.record import PER_USER_FILE
+
 log = logging.getLogger(__name__)
 
-#: Per-user test metrics of a run, in its run dir (written by recarena.evaluation.per_user).
-PER_USER_FILE = "per_user_metrics.parquet"
 #: Family-wise error rate of the ``significant`` column.
 ALPHA = 0.05
 #: Columns :func:`significance` adds to a leaderboard.

@@ -50,15 +50,16 @@ def one_line(error: HydraException) -> str:
 
 
 def help_text() -> str:
-    """``python train.py --help``: the config groups and their options, read from ``conf/`` (Hydra's own help
+    """``recarena train --help`` (``python train.py --help``): the config groups and their options, read from ``conf/`` (Hydra's own help
     composes the config once per group, ~2 s; ``--hydra-help`` still shows Hydra's flags)."""
     groups = sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
-    lines = ["train.py: train and test one recommender configuration (recarena).", "",
-             "usage: python train.py [group=option ...] [key=value ...]   (-m: a sweep; --cfg job: print the config)",
+    lines = ["recarena train: train and test one recommender configuration.", "",
+             "usage: recarena train [group=option ...] [key=value ...]   (-m: a sweep; --cfg job: print the config)",
+             "       python train.py ...   (the same, in a source checkout)",
              "", "Config groups (conf/<group>/<option>.yaml):"]  # fmt: skip
     for group in groups:
         options = sorted(p.stem for p in group.rglob("*.yaml") if p.parent == group)
         lines.append(f"  {group.name}: {', '.join(options)}")
     lines += ["", "Every key of conf/train.yaml and of the chosen options can be overridden, e.g. optimizer.lr=0.003.",
-              "python train.py --hydra-help: Hydra's own flags."]  # fmt: skip
+              "recarena train --hydra-help: Hydra's own flags."]  # fmt: skip
     return "\n".join(lines)

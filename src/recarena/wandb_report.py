@@ -1,7 +1,7 @@
 """What a W&B run shows beyond Lightning's metrics (``logger=wandb``), so one W&B project holds the comparison.
 
-- :func:`log_run_report`, called by ``train()`` with the run loaded back from the dir it wrote, before the
-  loggers close: logs to the run of each :class:`~lightning.pytorch.loggers.WandbLogger` ``recommendations`` (a ``wandb.Table``: user_id,
+- :func:`log_run_report`, called by :func:`after_run` (``after_run.wandb`` of conf/train.yaml) with the run loaded
+  back from the dir ``train()`` wrote, before the loggers close: logs to the run of each :class:`~lightning.pytorch.loggers.WandbLogger` ``recommendations`` (a ``wandb.Table``: user_id,
   rank, movie_id, title, year, genres, score of ``report.wandb_users`` fixed users, from ``load_run(RUN_DIR)``, so
   exactly what ``recarena recommend`` says) and ``item_pca`` (``recarena explain``'s PCA plot of the item vectors
   as a ``wandb.Image``, families with item vectors only). Per-epoch metrics and the final val/test metrics need
@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     from recarena.inference import Run
+    from recarena.run import FinishedRun
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,16 @@ def write_wandb_summary(trainer: Any, result: dict[str, Any]) -> None:
     for logger in _wandb_loggers(trainer):
         logger.experiment.define_metric("val/*", step_metric="epoch")  # validation curves over epochs
         logger.experiment.summary.update({**result["val"], **result["test"], "best_epoch": result["best_epoch"]})
+
+
+def after_run(finished: FinishedRun) -> None:
+    """``after_run.wandb`` of conf/train.yaml (nothing without a W&B logger): the summary
+    (:func:`write_wandb_summary`), then the report (:func:`log_run_report`) of the run loaded back from its dir."""
+    if not has_wandb_logger(finished.trainer):
+        return
+    write_wandb_summary(finished.trainer, finished.result)
+    if finished.load is not None:
+        log_run_report(finished.cfg, finished.trainer, finished.load())
 
 
 def log_run_report(cfg: DictConfig, trainer: Any, run: Run) -> None:

@@ -46,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if _answer_from_export(args):  # a known user of a run with exported vectors: no torch, no Lightning
-        return 0
     from recarena.cli_errors import exit_on_user_error
 
     with exit_on_user_error(debug=args.debug):
+        if _answer_from_export(args):  # a known user of a run with exported vectors: no torch, no Lightning
+            return 0
         from recarena.inference import load_run
 
         if args.command == "recommend":

@@ -289,6 +289,44 @@ def build_corpus(
         source: the ratings file, named in error messages.
         line_offset: file line of ``ratings.iloc[0]`` (2 for a file with a header, 1 without).
     """
+    ratings, n_dropped = _valid_ratings(ratings, items, scale, source, line_offset)
+    ts = ratings["timestamp"].to_numpy(dtype=np.int64)
+    # Index users and items first (a hash factorize, then a sort of the uniques only); dropping duplicate
+    # pairs below never removes a user or an item, so the indices stay dense.
+    user_ids, users_idx = _dense_index(ratings["user_id"].to_numpy(dtype=np.int64))
+    item_ids, items_idx = _dense_index(ratings["movie_id"].to_numpy(dtype=np.int64))
+    rows = _latest_of_pairs(users_idx, items_idx, len(item_ids), ts)
+    n_duplicates = len(ratings) - len(rows)
+    if n_duplicates:
+        log.warning("%s: %d duplicate (user, movie) ratings; kept the latest of each", source, n_duplicates)
+    item_table = _item_table(items, item_ids)
+    genre_names, genres = _genre_matrix(item_table["genres"])
+    user_table = None
+    if users is not None:
+        user_table = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids).reset_index()
+    return Corpus(
+        name=name,
+        users=users_idx[rows].astype(np.int32),
+        items=items_idx[rows].astype(np.int32),
+        ratings=ratings["rating"].to_numpy(dtype=np.float32)[rows],
+        timestamps=ts[rows],
+        user_ids=user_ids,
+        item_table=item_table,
+        genre_names=genre_names,
+        genres=genres,
+        scale=scale,
+        tags=_index_items(tags, item_ids),
+        genome=_index_items(genome, item_ids),
+        user_table=user_table,
+        n_dropped=n_dropped,
+        n_duplicates=n_duplicates,
+    )
+
+
+def _valid_ratings(ratings: pd.DataFrame, items: pd.DataFrame, scale: RatingScale, source: str,
+                   line_offset: int) -> tuple[pd.DataFrame, int]:  # fmt: skip
+    """The rows with every field and a movie of the items file (the others dropped, counted and logged); a rating
+    outside the scale is an error naming its file line."""
     n_raw = len(ratings)
     complete = ratings[["user_id", "movie_id", "rating", "timestamp"]].notna().all(axis=1).to_numpy()
     # Ratings of movies missing from the items file cannot be described or shown: dropped and counted too.
@@ -306,56 +344,27 @@ def build_corpus(
     n_dropped = int((~keep).sum())
     if n_dropped:
         log.warning("%s: dropped %d of %d rating rows with missing fields or unknown movie ids", source, n_dropped, n_raw)
-    ratings = ratings[keep]
+    return ratings[keep], n_dropped
 
-    user_raw = ratings["user_id"].to_numpy(dtype=np.int64)
-    item_raw = ratings["movie_id"].to_numpy(dtype=np.int64)
-    ts = ratings["timestamp"].to_numpy(dtype=np.int64)
-    # Index users and items first (a hash factorize, then a sort of the uniques only); dropping duplicate
-    # pairs below never removes a user or an item, so the indices stay dense.
-    user_ids, users_idx = _dense_index(user_raw)
-    item_ids, items_idx = _dense_index(item_raw)
-    rows = _latest_of_pairs(users_idx, items_idx, len(item_ids), ts)
-    n_duplicates = len(ratings) - len(rows)
-    if n_duplicates:
-        log.warning("%s: %d duplicate (user, movie) ratings; kept the latest of each", source, n_duplicates)
-    users_idx, items_idx = users_idx[rows], items_idx[rows]
 
-    item_table = (
+def _item_table(items: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFrame:
+    """movie_id, title, year, genres of each indexed item, in index order (the last row of a repeated movie id)."""
+    table = (
         items.drop_duplicates("movie_id", keep="last")
         .set_index("movie_id")
         .reindex(item_ids)
         .rename_axis("movie_id")
         .reset_index()
     )
-    item_table["title"] = item_table["title"].fillna("").astype(str)
-    item_table["year"] = pd.array(item_table["year"], dtype="Int64")
-    item_table["genres"] = item_table["genres"].fillna("(no genres listed)").astype(str)
-    item_table = item_table[["movie_id", "title", "year", "genres"]]
+    table["title"] = table["title"].fillna("").astype(str)
+    table["year"] = pd.array(table["year"], dtype="Int64")
+    table["genres"] = table["genres"].fillna("(no genres listed)").astype(str)
+    return table[["movie_id", "title", "year", "genres"]]
 
-    genre_lists = item_table["genres"].str.get_dummies(sep="|")
-    genre_lists = genre_lists.drop(columns=[c for c in genre_lists.columns if c in {"(no genres listed)", ""}])
-    genre_names = sorted(genre_lists.columns)
-    genres = genre_lists[genre_names].to_numpy(dtype=np.uint8)
 
-    user_table = None
-    if users is not None:
-        user_table = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids).reset_index()
-
-    return Corpus(
-        name=name,
-        users=users_idx.astype(np.int32),
-        items=items_idx.astype(np.int32),
-        ratings=ratings["rating"].to_numpy(dtype=np.float32)[rows],
-        timestamps=ts[rows],
-        user_ids=user_ids,
-        item_table=item_table,
-        genre_names=genre_names,
-        genres=genres,
-        scale=scale,
-        tags=_index_items(tags, item_ids),
-        genome=_index_items(genome, item_ids),
-        user_table=user_table,
-        n_dropped=n_dropped,
-        n_duplicates=n_duplicates,
-    )
+def _genre_matrix(genres: pd.Series) -> tuple[list[str], np.ndarray]:
+    """The genre names (sorted) and the (n_items, n_genres) uint8 multi-hot of ``|``-joined genre strings."""
+    dummies = genres.str.get_dummies(sep="|")
+    dummies = dummies.drop(columns=[c for c in dummies.columns if c in {"(no genres listed)", ""}])
+    names = sorted(dummies.columns)
+    return names, dummies[names].to_numpy(dtype=np.uint8)

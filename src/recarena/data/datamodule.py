@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader
 
 from recarena.data.corpus import Corpus
 from recarena.data.curate import curate, curation_key
+from recarena.data.heldout import EvalData
 from recarena.data.sources import load_corpus
 from recarena.data.splits import Split, load_or_make_split, split_stats
 from recarena.data.views import ShuffledBatches, view_builder
-from recarena.evaluation.heldout import EvalData
-from recarena.models.base import Schema
+from recarena.schema import Schema
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@
 A feature-based user is a function of the ratings the model may see: the *input rows* (the training part of the
 split, plus the ``known`` rows of held-out users under ``split=users``), never validation or test ratings. The
 context of a training label must moreover use only that user's input ratings strictly before it, in
-(timestamp, row) order: seed 002 drew its history/label split at random and seed 000 never checked the order, so
-both let a label see its own future.
+(timestamp, row) order: the blog post "Building a Two-Tower Deep Learning Movie Recommender System in PyTorch" drew its
+history/label split at random and the "Learning RecSys through Papers Vol II" write-up never checked the order, so both
+let a label see its own future.
 
 Everything is built once, vectorised, from one sort of the input rows by (user, timestamp, row) into a flat
 per-user CSR layout (``ptr``). A *query* is a pair (user u, end e): "u's input ratings at flat positions
@@ -15,13 +16,13 @@ per-user CSR layout (``ptr``). A *query* is a pair (user u, end e): "u's input r
   running sums every ``BLOCK`` ratings (``snap``, (S, 1 + 2G)); a query reads the snapshot at or before its
   position and adds the < ``BLOCK`` ratings after it with one padded (B, BLOCK-1) gather. Exact, with memory
   ``n_input / BLOCK`` rows and float32 sums that stay exact (half-star sums of one user).
-* The ratings of the N context items (seed 002's N most-rated training movies) are kept as a sorted list of
+* The ratings of the N context items (the PyTorch blog post's N most-rated training movies) are kept as a sorted list of
   their flat positions (``ctx_flat``); the ones before a query are ``ctx_ptr[u] .. searchsorted(ctx_flat, e)``,
   a ragged slice scattered into a (B, N) block per batch (no per-example vector is stored).
 * The last L positively rated items before a query: the same with the positives' flat positions (``pos_flat``).
 
 The torch side of the lookups is :class:`recarena.models.towers.ContextLookup`; the family that uses them is
-``python train.py model=twotower`` (seeds 002 and 000).
+``python train.py model=twotower``.
 """
 
 from __future__ import annotations

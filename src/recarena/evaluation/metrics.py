@@ -49,22 +49,20 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.utilities import dim_zero_cat
 
 from recarena.evaluation.ranking import dense_masks, hit_matrix, topk_items
-
-#: Accuracy metrics, in the order of :meth:`RankingMetrics.compute`'s keys (per K).
-ACCURACY_METRICS = ("recall", "ndcg", "hit_rate", "mrr", "precision")
-#: Beyond-accuracy metrics (per K).
-BEYOND_METRICS = ("coverage", "popularity", "long_tail")
-#: Per-user columns kept with ``keep_per_user=True`` (per K; coverage has no per-user value).
-PER_USER_METRICS = (*ACCURACY_METRICS, "popularity", "long_tail")
-#: The held-out rating errors of families that predict ratings (RatingMetrics).
-RATING_METRICS = ("rmse", "mae")
+from recarena.evaluation.registry import (
+    ACCURACY_METRICS,
+    BEYOND_METRICS,
+    COUNTS,
+    PER_USER_METRICS,
+    RATING_METRICS,
+)
 
 
 def metric_names(ks: Sequence[int], ratings: bool) -> list[str]:
     """Names of every metric an evaluation logs (before its ``val/`` or ``test/`` prefix): each ranking metric at
     each K, the user counts, and RMSE/MAE when the family predicts ratings."""
     ranking = [f"{name}@{k}" for name in (*ACCURACY_METRICS, *BEYOND_METRICS) for k in ks]
-    return [*(RATING_METRICS if ratings else ()), *ranking, "users_ranked", "users_skipped"]
+    return [*(RATING_METRICS if ratings else ()), *ranking, *COUNTS]
 
 
 def head_mask(item_popularity: torch.Tensor, head_share: float) -> torch.Tensor:
@@ -88,6 +86,38 @@ def head_mask(item_popularity: torch.Tensor, head_share: float) -> torch.Tensor:
     return mask
 
 
+def _checked_popularity(ks: list[int], n_items: int, item_popularity: Any, head_share: float) -> torch.Tensor:
+    """The training counts as a float64 CPU vector, after checking the evaluator's settings (one clear line each)."""
+    if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+        raise ValueError(f"eval.ks must be distinct positive integers, got {ks}: e.g. [10, 20]")
+    if int(n_items) < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    if not 0.0 <= float(head_share) <= 1.0:
+        raise ValueError(f"eval.head_share must lie in [0, 1], got {head_share}")
+    pop = torch.as_tensor(item_popularity, dtype=torch.float64).detach().cpu().reshape(-1)
+    if pop.shape[0] != int(n_items):
+        raise ValueError(f"item_popularity has {pop.shape[0]} entries, expected n_items={n_items}")
+    if bool((pop < 0).any()) or not bool(torch.isfinite(pop).all()):
+        raise ValueError("item_popularity must hold finite non-negative training counts")
+    return pop
+
+
+def _ranking_constants(ks: list[int], pop: torch.Tensor, head_share: float) -> dict[str, torch.Tensor]:
+    """What every chunk's ranking metrics read: discounts, ideal DCGs, per-K position masks, popularity."""
+    k_max = max(ks)
+    ranks = torch.arange(1, k_max + 1, dtype=torch.float64)
+    discount = 1.0 / torch.log2(ranks + 1.0)  # 1 / log2(i + 1) for rank i = 1..k_max
+    # idcg[m] = DCG of an ideal list with m relevant items on top = sum_{i=1..m} 1/log2(i+1); NDCG@K
+    # uses idcg[min(K, |Rel|)] because a list of length K holds at most K relevant items.
+    idcg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discount, 0)])
+    ks_t = torch.tensor(ks, dtype=torch.int64)
+    # prefix[j, p]: rank position p (0-based) lies inside the top ks[j]. Per-K sums are masked sums over
+    # positions -- no float cumsum, which has no deterministic CUDA kernel.
+    prefix = torch.arange(k_max)[None, :] < ks_t[:, None]
+    return {"popularity": pop, "long_tail": ~head_mask(pop, head_share), "discount": discount, "idcg": idcg,
+            "ks": ks_t, "prefix": prefix}  # fmt: skip
+
+
 class RankingMetrics(Metric):
     """Full-catalog top-K ranking metrics, accumulated over user chunks (definitions: module docstring).
 
@@ -100,7 +130,7 @@ class RankingMetrics(Metric):
         keep_per_user: also keep every ranked user's values for :meth:`per_user` (memory ~ users x columns).
 
     ``update(scores, batch)`` takes one chunk's scores and its batch dict (contract in
-    :mod:`recarena.evaluation.heldout`); everything is vectorised over the chunk and runs on the batch's
+    :mod:`recarena.data.heldout`); everything is vectorised over the chunk and runs on the batch's
     device. ``compute()`` returns a flat dict ``{"recall@10": t, ..., "users_ranked": t, "users_skipped": t}``
     of float64 scalar tensors (counts too, so the dict can go straight to ``log_dict``); the caller adds the
     ``val/`` / ``test/`` prefix. Float64 states: not for MPS.
@@ -122,49 +152,24 @@ class RankingMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         ks = [int(k) for k in ks]
-        if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
-            raise ValueError(f"eval.ks must be distinct positive integers, got {ks}: e.g. [10, 20]")
-        if int(n_items) < 1:
-            raise ValueError(f"n_items must be >= 1, got {n_items}")
-        if not 0.0 <= float(head_share) <= 1.0:
-            raise ValueError(f"eval.head_share must lie in [0, 1], got {head_share}")
-        pop = torch.as_tensor(item_popularity, dtype=torch.float64).detach().cpu().reshape(-1)
-        if pop.shape[0] != int(n_items):
-            raise ValueError(f"item_popularity has {pop.shape[0]} entries, expected n_items={n_items}")
-        if bool((pop < 0).any()) or not bool(torch.isfinite(pop).all()):
-            raise ValueError("item_popularity must hold finite non-negative training counts")
-
+        pop = _checked_popularity(ks, n_items, item_popularity, head_share)
         self.ks = ks
         self.n_items = int(n_items)
         self.head_share = float(head_share)
         self.relevance_threshold = None if relevance_threshold is None else float(relevance_threshold)
         self.keep_per_user = False  # track_per_user() below turns it on
         self.k_max = max(ks)
-
         # Constants as plain CPU tensors (not buffers: a module-wide ``.half()``/``.to(dtype)`` must not
         # round them) and copied to the scores' device on first use there.
-        k_max = self.k_max
-        ranks = torch.arange(1, k_max + 1, dtype=torch.float64)
-        discount = 1.0 / torch.log2(ranks + 1.0)  # 1 / log2(i + 1) for rank i = 1..k_max
-        # idcg[m] = DCG of an ideal list with m relevant items on top = sum_{i=1..m} 1/log2(i+1); NDCG@K
-        # uses idcg[min(K, |Rel|)] because a list of length K holds at most K relevant items.
-        idcg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discount, 0)])
-        ks_t = torch.tensor(ks, dtype=torch.int64)
-        # prefix[j, p]: rank position p (0-based) lies inside the top ks[j]. Per-K sums are masked sums over
-        # positions -- no float cumsum, which has no deterministic CUDA kernel.
-        prefix = torch.arange(k_max)[None, :] < ks_t[:, None]
-        self._const_cpu: dict[str, torch.Tensor] = {
-            "popularity": pop,
-            "long_tail": ~head_mask(pop, self.head_share),
-            "discount": discount,
-            "idcg": idcg,
-            "ks": ks_t,
-            "prefix": prefix,
-        }
+        self._const_cpu = _ranking_constants(ks, pop, self.head_share)
         self._const_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._add_sum_states()
+        if keep_per_user:
+            self.track_per_user()
 
-        n_k = len(ks)
-        f64 = torch.float64
+    def _add_sum_states(self) -> None:
+        """Per-K sums over the ranked users (summed across processes under DDP), and the user counts."""
+        n_k, f64 = len(self.ks), torch.float64
         for name in ACCURACY_METRICS:
             self.add_state(f"{name}_sum", default=torch.zeros(n_k, dtype=f64), dist_reduce_fx="sum")
         self.add_state("popularity_sum", default=torch.zeros(n_k, dtype=f64), dist_reduce_fx="sum")
@@ -176,8 +181,6 @@ class RankingMetrics(Metric):
         )
         self.add_state("users_ranked", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("users_skipped", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        if keep_per_user:
-            self.track_per_user()
 
     def track_per_user(self) -> None:
         """Keep every ranked user's values for :meth:`per_user` from the next ``update`` on: what
@@ -196,13 +199,37 @@ class RankingMetrics(Metric):
         return self._const_cache[device]
 
     def update(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:  # type: ignore[override]
-        """Accumulate one chunk: ``scores`` ``(B, n_items)`` for ``batch["users"]`` (row r = users[r])."""
+        """Accumulate one chunk: ``scores`` ``(B, n_items)`` for ``batch["users"]`` (row r = users[r]). Rank, then
+        score the ranked users' lists (accuracy and beyond-accuracy), then add them to the states."""
         n_rows = batch["users"].shape[0]
         if scores.shape != (n_rows, self.n_items):
             raise ValueError(
                 f"scores must be (B, n_items) = ({n_rows}, {self.n_items}), got {tuple(scores.shape)}"
             )
-        scores = scores.detach()
+        c = self._const(scores.device)
+        top, hits, n_rel, ranked = self._rank(scores.detach(), batch)
+        accuracy = self._accuracy(hits, n_rel, c)
+        pop_k, tail_k, n_slots = self._beyond(top, c)
+        for name, values in zip(ACCURACY_METRICS, accuracy, strict=True):
+            state = getattr(self, f"{name}_sum")
+            state += values.sum(0)
+        self.popularity_sum += pop_k.sum(0)
+        self.long_tail_slots += tail_k.sum(0)
+        self.slots += n_slots.sum(0)
+        self._count_recommended(top, c["prefix"])
+        if self.keep_per_user:
+            slots_f = n_slots.to(torch.float64)
+            # Per-user means over the user's own recommended slots (NaN for an empty list); (B', n_metrics * n_k),
+            # metric-major: [recall@k1, recall@k2, ndcg@k1, ...].
+            per_user = [*accuracy, pop_k / slots_f, tail_k.to(torch.float64) / slots_f]
+            self.pu_values.append(torch.cat(per_user, dim=1))
+            self.pu_user.append(batch["users"][ranked].to(torch.int64))
+            self.pu_n_relevant.append(n_rel.to(torch.int64))
+
+    def _rank(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The top ``k_max`` items (-1 where no rankable item is left), their hits and |Rel(u)| of the ranked users
+        (those with a relevant held-out item; the others are counted as skipped), and which rows those are."""
+        n_rows = scores.shape[0]
         exclude, relevant = dense_masks(batch, self.n_items, self.relevance_threshold)
         # |relevant| per row from the sparse held-out pairs (unique, as the dense mask collapses duplicates):
         # summing the (B, n_items) mask would read the whole chunk again.
@@ -216,64 +243,52 @@ class RankingMetrics(Metric):
         n_ranked = ranked.sum()
         self.users_ranked += n_ranked
         self.users_skipped += n_rows - n_ranked
-        c = self._const(scores.device)
-
         # Rank every row, then keep the ranked users' (B', k) results: cheaper than copying the (B, n_items)
         # scores and masks of the ranked rows first (skipped users are a small minority).
-        top_all = topk_items(scores, exclude, self.k_max)  # (B, k_max), -1 where no rankable item
+        top_all = topk_items(scores, exclude, self.k_max)  # (B, k_max)
         hits = hit_matrix(top_all, relevant)[ranked]  # (B', k_max) bool
-        top, n_rel = top_all[ranked], n_rel[ranked]
-        valid = top >= 0
-        prefix = c["prefix"]  # (n_k, k_max)
+        return top_all[ranked], hits, n_rel[ranked], ranked
 
-        def per_k(x: torch.Tensor) -> torch.Tensor:
-            """(B', k_max) per-position values -> (B', n_k) sums over the first K positions."""
-            return (x[:, None, :] * prefix[None, :, :]).sum(-1)
+    @staticmethod
+    def _per_k(x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """(B', k_max) per-position values -> (B', n_k) sums over the first K positions of each K."""
+        return (x[:, None, :] * prefix[None, :, :]).sum(-1)
 
+    def _accuracy(self, hits: torch.Tensor, n_rel: torch.Tensor,
+                  c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """(B', n_k) recall, ndcg, hit_rate, mrr, precision (the order of ACCURACY_METRICS), per the module doc."""
         ks = c["ks"].to(torch.float64)
-        n_rel_f = n_rel.to(torch.float64)[:, None]
-        n_hits = per_k(hits.to(torch.int64)).to(torch.float64)  # (B', n_k)
-        recall = n_hits / n_rel_f
+        n_hits = self._per_k(hits.to(torch.int64), c["prefix"]).to(torch.float64)  # (B', n_k)
+        recall = n_hits / n_rel.to(torch.float64)[:, None]
         precision = n_hits / ks
         hit_rate = (n_hits > 0).to(torch.float64)
-        dcg = per_k(hits.to(torch.float64) * c["discount"])
+        dcg = self._per_k(hits.to(torch.float64) * c["discount"], c["prefix"])
         idcg = c["idcg"][torch.minimum(c["ks"][None, :], n_rel[:, None])]  # ideal DCG over min(K, |Rel|)
         ndcg = dcg / idcg
         # Rank (1-based) of the first hit: argmax returns the first maximal position; k_max + 1 when none.
         first = torch.where(hits.any(1), hits.to(torch.int64).argmax(1) + 1, self.k_max + 1)
         mrr = torch.where(first[:, None] <= c["ks"][None, :], 1.0 / first[:, None].to(torch.float64), 0.0)
+        return recall, ndcg, hit_rate, mrr, precision
 
+    def _beyond(self, top: torch.Tensor, c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(B', n_k) summed training popularity and long-tail slots of each user's top K, and its slots (== K
+        unless the list is short)."""
+        valid = top >= 0
         safe_top = top.clamp(min=0)
         pop = c["popularity"][safe_top] * valid  # (B', k_max) training count of each recommended item
         tail = c["long_tail"][safe_top] & valid
-        n_slots = per_k(valid.to(torch.int64))  # (B', n_k) recommended slots (== K unless the list is short)
-        pop_k = per_k(pop)
-        tail_k = per_k(tail.to(torch.int64))
+        prefix = c["prefix"]
+        slots = self._per_k(valid.to(torch.int64), prefix)
+        return self._per_k(pop, prefix), self._per_k(tail.to(torch.int64), prefix), slots
 
-        for name, values in zip(ACCURACY_METRICS, (recall, ndcg, hit_rate, mrr, precision), strict=True):
-            state = getattr(self, f"{name}_sum")
-            state += values.sum(0)
-        self.popularity_sum += pop_k.sum(0)
-        self.long_tail_slots += tail_k.sum(0)
-        self.slots += n_slots.sum(0)
-
-        # Coverage: add 1 to rec_count[j, item] for every valid slot inside the top ks[j]; flattening
-        # (j, item) to j * n_items + item makes it one index_add_ (deterministic on CUDA).
+    def _count_recommended(self, top: torch.Tensor, prefix: torch.Tensor) -> None:
+        """Coverage: add 1 to rec_count[j, item] for every valid slot inside the top ks[j]; flattening (j, item)
+        to j * n_items + item makes it one index_add_ (deterministic on CUDA)."""
+        valid = top >= 0
         in_k = prefix[:, None, :] & valid[None, :, :]  # (n_k, B', k_max)
         k_offset = torch.arange(len(self.ks), device=top.device)[:, None, None] * self.n_items
-        flat = (k_offset + safe_top[None])[in_k]
+        flat = (k_offset + top.clamp(min=0)[None])[in_k]
         self.rec_count.view(-1).index_add_(0, flat, torch.ones_like(flat))
-
-        if self.keep_per_user:
-            slots_f = n_slots.to(torch.float64)
-            # Per-user means over the user's own recommended slots (NaN for an empty list).
-            pu_pop = pop_k / slots_f
-            pu_tail = tail_k.to(torch.float64) / slots_f
-            columns = (recall, ndcg, hit_rate, mrr, precision, pu_pop, pu_tail)
-            # (B', n_metrics * n_k), metric-major: [recall@k1, recall@k2, ndcg@k1, ...].
-            self.pu_values.append(torch.cat(columns, dim=1))
-            self.pu_user.append(batch["users"][ranked].to(torch.int64))
-            self.pu_n_relevant.append(n_rel.to(torch.int64))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Flat dict of scalar float64 tensors: ``{metric}@{K}`` for every metric and K, plus user counts."""

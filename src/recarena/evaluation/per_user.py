@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from recarena.atomic import atomic_file
-from recarena.significance import PER_USER_FILE
+from recarena.record import PER_USER_FILE
 
 #: Columns of one row of rating sums per (chunk, user): user index, held-out ratings, sum of squared and
 #: of absolute errors. float64 throughout, so one tensor holds them (user indices are exact below 2**53).

@@ -1,6 +1,6 @@
 """Pure-torch building blocks of full-catalog ranking, on whatever device the batch lives on.
 
-A batch is one user chunk (see :mod:`recarena.evaluation.heldout` for the contract). Everything here is
+A batch is one user chunk (see :mod:`recarena.data.heldout` for the contract). Everything here is
 vectorised over the chunk: dense ``(B, n_items)`` masks built with ``index_put_`` and one ``topk``.
 """
 

@@ -30,13 +30,11 @@ class Loss(nn.Module):
     #: exact sweeps): what the throughput benchmark's bare loop can step.
     trains_by_gradient: ClassVar[bool] = True
 
-    def __init__(
-        self, monitor: str = "val/ndcg@10", monitor_mode: str = "max", positive_threshold: float | None = None
-    ) -> None:
+    def __init__(self, monitor: str = "val/ndcg@10", positive_threshold: float | None = None) -> None:
         super().__init__()
-        # The validation metric this objective is judged by (early stopping, best checkpoint).
+        # The validation metric this objective is judged by (early stopping, best checkpoint; its direction is the
+        # metric registry's, recarena.evaluation.registry).
         self.monitor = monitor
-        self.monitor_mode = monitor_mode
         # Ranking losses train on positives only: training ratings >= this (None = every rating).
         self.positive_threshold = positive_threshold
 

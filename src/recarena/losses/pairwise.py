@@ -35,7 +35,7 @@ class BPRLoss(Loss):
         n_negatives: K, negatives per positive (1 in Rendle et al.; more gives a lower-variance gradient per
             step for K extra score evaluations).
         exclude_seen: redraw negatives that are training positives of their user (the positives view).
-        monitor, monitor_mode, positive_threshold: see :class:`~recarena.losses.base.Loss`.
+        monitor, positive_threshold: see :class:`~recarena.losses.base.Loss`.
     """
 
     needs = frozenset({"scores"})
@@ -51,10 +51,9 @@ class BPRLoss(Loss):
         n_negatives: int = 1,
         exclude_seen: bool = False,
         monitor: str = "val/ndcg@10",
-        monitor_mode: str = "max",
         positive_threshold: float | None = None,
     ) -> None:
-        super().__init__(monitor=monitor, monitor_mode=monitor_mode, positive_threshold=positive_threshold)
+        super().__init__(monitor=monitor, positive_threshold=positive_threshold)
         if n_negatives < 1:
             raise ConfigError(f"loss.n_negatives must be >= 1, got {n_negatives}")
         self.n_negatives = int(n_negatives)

@@ -5,8 +5,8 @@ user against the whole catalogue; these losses approximate it by a softmax over 
 distinct positives of the batch (``loss=inbatch``, ``loss=logq``), plus uniformly drawn items (``loss=mns``).
 
 Columns are distinct (``torch.unique``), so an item that is the positive of several rows is one column and the
-label of each of them, never a negative of a row whose positive it is. (The seed write-up kept duplicate columns,
-which makes a row's own positive also one of its negatives.)
+label of each of them, never a negative of a row whose positive it is. (The "Learning RecSys through Papers Vol II"
+write-up on in-batch negatives kept duplicate columns, which makes a row's own positive also one of its negatives.)
 
 Notation: B rows, C distinct columns, D the embedding width, s(u, x) = scale · sim(u, x) with sim the cosine
 (default) or the dot product of the family's ``user_vectors`` and ``item_vectors``.
@@ -43,7 +43,7 @@ class InBatchSoftmaxLoss(Loss):
             scale of ~10-30 to make the softmax sharp enough; for ``dot`` 1 keeps the family's own scores.
         mask_seen: drop (logit -inf) every column the row's user rated positively in training, other than the
             row's label: another row's positive may be an item this user likes (a false negative).
-        monitor, monitor_mode, positive_threshold: see :class:`~recarena.losses.base.Loss`.
+        monitor, positive_threshold: see :class:`~recarena.losses.base.Loss`.
     """
 
     needs = frozenset({"embeddings"})
@@ -55,10 +55,9 @@ class InBatchSoftmaxLoss(Loss):
         scale: float = 20.0,
         mask_seen: bool = False,
         monitor: str = "val/ndcg@10",
-        monitor_mode: str = "max",
         positive_threshold: float | None = None,
     ) -> None:
-        super().__init__(monitor=monitor, monitor_mode=monitor_mode, positive_threshold=positive_threshold)
+        super().__init__(monitor=monitor, positive_threshold=positive_threshold)
         if similarity not in {"cosine", "dot"}:
             raise ConfigError(f"loss.similarity={similarity!r} is not known; use cosine or dot")
         if scale <= 0:
@@ -122,9 +121,9 @@ class LogQCorrectedSoftmaxLoss(InBatchSoftmaxLoss):
 
     The in-batch columns are such a sample, with Q(x) = P(x is a column of the batch). The corrected logit
     s(u, x) - log Q(x) then enters both the numerator (the positive) and the denominator (every column), so the
-    correction is applied to *every* column, the label's included; dropping it for the positive (as the seed's
-    code did) keeps the popularity bias on the side that matters most. For distinct columns and a batch of B
-    positives drawn from the training share p(x):
+    correction is applied to *every* column, the label's included; dropping it for the positive (as the code of
+    the "Learning RecSys through Papers Vol II" write-up does) keeps the popularity bias on the side that matters
+    most. For distinct columns and a batch of B positives drawn from the training share p(x):
 
         Q(x) = 1 - (1 - p(x))^B     (≈ B p(x) for rare items; -> 1 for items in nearly every batch),
 

@@ -1,10 +1,11 @@
-"""Triplet margin loss over item embeddings (Schroff et al. 2015, FaceNet; seed 001's Siamese network).
+"""Triplet margin loss over item embeddings (Schroff et al. 2015, FaceNet), for Siamese item encoders.
 
     L = mean over triplets of max(0, |f(a) - f(p)|_2 - |f(a) - f(n)|_2 + margin)
 
-with ``f`` the family's item encoder (``embed_items``), L2-normalised, so distances lie in [0, 2] and the
-seed's margin 0.3 is a fixed fraction of that range. Batches come from the ``triplets`` view
-(:mod:`recarena.data.triplets`): columns ``anchors``, ``positives``, ``negatives`` (item indices).
+with ``f`` the family's item encoder (``embed_items``), L2-normalised, so distances lie in [0, 2] and the margin
+0.3 (that of a public Siamese-network notebook on MovieLens genome tags) is a fixed fraction of that range.
+Batches come from the ``triplets`` view (:mod:`recarena.data.triplets`): columns ``anchors``, ``positives``,
+``negatives`` (item indices).
 
 Run: ``python train.py model=siamese`` (``loss=triplet`` is its default).
 """

@@ -9,7 +9,6 @@ through the shared evaluator) lives here, so every family is scored by the same 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
@@ -20,21 +19,7 @@ from torch.nn import functional as F
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.losses.base import Loss
 from recarena.optim import split_sparse_dense
-
-
-@dataclass(frozen=True)
-class Schema:
-    """Dimensions and scales a family is built from; given by the datamodule, never typed into configs."""
-
-    n_users: int
-    n_items: int
-    rating_low: float
-    rating_high: float
-    global_mean: float
-    genre_names: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from recarena.schema import Schema
 
 
 class RecommenderModule(L.LightningModule):

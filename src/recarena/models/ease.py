@@ -30,8 +30,8 @@ import torch
 
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import Schema
 from recarena.models.interactions import LikedItemsModel
+from recarena.schema import Schema
 
 
 def ease_weights(x: sp.csr_matrix, l2: float, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -36,8 +36,9 @@ import torch
 
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
 from recarena.models.interactions import SparseRows, fit_device, positives_matrix
+from recarena.schema import Schema
 
 #: Floats one batch of systems may hold (padded neighbours x dim, and the dim x dim matrices): 128 MiB.
 MAX_BATCH_FLOATS = 2**25

@@ -18,7 +18,8 @@ from torch import nn
 
 from recarena.data.corpus import Corpus
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
+from recarena.schema import Schema
 
 
 def segments(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,8 +31,8 @@ import torch
 
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import Schema
 from recarena.models.interactions import LikedItemsModel, SparseRows
+from recarena.schema import Schema
 
 #: Co-count cells computed at once (a chunk of target items x the catalogue): bounds the fit's memory.
 MAX_CHUNK_CELLS = 2**24

@@ -1,4 +1,5 @@
-"""Dot-product matrix factorisation with user and item biases (seed 003: fastai's ``DotProductBias``).
+"""Dot-product matrix factorisation with user and item biases (fastai's ``DotProductBias``; Howard & Gugger,
+*Deep Learning for Coders*, ch. 8).
 
     r̂(u, i) = lo + (hi - lo) · σ(p_u · q_i + b_u + b_i)
 
@@ -24,15 +25,16 @@ import torch
 from torch import nn
 
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
 from recarena.models.layers import SigmoidRange, rating_range, touched_rows_l2
+from recarena.schema import Schema
 
 
 class MatrixFactorization(RecommenderModule):
     """MF with biases and a sigmoid output range.
 
     Args:
-        n_factors: embedding size (seed 003: 50).
+        n_factors: embedding size (50 in fastai's ``DotProductBias``).
         y_range: (lo, hi) of the sigmoid range; None: from the data's rating scale.
         l2: λ of the penalty on the rows a batch touches (0 = none).
         init_std: std of the normal initialisation of the factors (biases start at 0).
@@ -105,12 +107,13 @@ class MatrixFactorization(RecommenderModule):
         return torch.cat([factors, torch.ones_like(bias), bias], dim=-1)
 
     def item_similarity_vectors(self) -> torch.Tensor:
-        """The item factors ``q_i`` (fastai's movie similarity, seed 003), without the bias columns."""
+        """The item factors ``q_i`` (fastai's movie similarity; Howard & Gugger, ch. 8), without the bias columns."""
         return self.item_factors.weight
 
     def item_biases(self) -> torch.Tensor:
         """``(n_items,)`` item biases ``b_i`` (in logit units): how much a movie is liked whoever rates it
-        (``recarena explain``, seed 003). A family with an item bias offers it by this method."""
+        (``recarena explain``; as read in Howard & Gugger, ch. 8). A family with an item bias offers it by this
+        method."""
         return self.item_bias.weight.squeeze(-1)
 
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """MLP collaborative filtering: concatenated user and item embeddings through a small feed-forward network.
 
-This is fastai's ``CollabNN`` (Howard & Gugger, *Deep Learning for Coders*, ch. 8; seed 003) and the MLP branch
+This is fastai's ``CollabNN`` (Howard & Gugger, *Deep Learning for Coders*, ch. 8) and the MLP branch
 of Neural Collaborative Filtering (He et al., WWW 2017):
 
     h_0 = [p_u ; q_i]                      (d_u + d_i,)
@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
 from recarena.models.layers import SigmoidRange, rating_range, touched_rows_l2
+from recarena.schema import Schema
 
 #: Upper bound on one (users x items x width) activation block in ``score_all``, in bytes.
 SCORE_BLOCK_BYTES = 256 * 2**20

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
+from recarena.schema import Schema
 
 
 class Popularity(RecommenderModule):

@@ -1,9 +1,10 @@
-"""Siamese item embeddings trained with a triplet loss over item descriptors (seed 001; the triplet loss of
-Schroff et al. 2015, FaceNet; DoorDash's "Using Triplet Loss and Siamese Neural Networks to Train Catalog Item
-Embeddings", 2021). An item is its descriptor multi-hot ``x_i`` (genres, decade, genome and user tags; triplets
-mined from shared descriptors and co-likes: :mod:`recarena.data.triplets`):
+"""Siamese item embeddings trained with a triplet loss over item descriptors (as in a public Siamese-network
+notebook on MovieLens genome tags; the triplet loss of Schroff et al. 2015, FaceNet; DoorDash's "Using Triplet
+Loss and Siamese Neural Networks to Train Catalog Item Embeddings", 2021). An item is its descriptor multi-hot
+``x_i`` (genres, decade, genome and user tags; triplets mined from shared descriptors and co-likes:
+:mod:`recarena.data.triplets`):
 
-    f(i) = normalise(MLP(W x_i + b))          W: (V -> width), the seed's Linear(d_in, 50) when hidden = []
+    f(i) = normalise(MLP(W x_i + b))          W: (V -> width), the notebook's Linear(d_in, 50) when hidden = []
 
 ``W x_i`` sums the columns of ``W`` for the item's descriptors (``nn.EmbeddingBag``): the sparse input is never
 densified. ``item_ids`` appends the item's one-hot id to ``x_i`` (a learnt row per item), so items with the same
@@ -32,7 +33,7 @@ model (``triplet_auc``) and for the encoder's raw inputs (``descriptor_auc``, it
 with ``encoding=text`` the mean text vectors).
 
 Defaults, chosen on ML-100K's validation set (temporal split, seed 42; NDCG@10 / Recall@20, popularity 0.064 /
-0.126): the write-up's setting (content positives, easiest negatives, no item ids, users as rating / 5 means)
+0.126): the notebook's setting (content positives, easiest negatives, no item ids, users as rating / 5 means)
 reaches 0.022 / 0.043 -- genres and decade alone cannot tell 1,682 movies apart. Item ids, 50 co-liked positives
 per anchor with semi-hard negatives and likes at >= 3 stars reach 0.085 / 0.156 with ``liked`` users. The user
 weighting, on that setting: ``seed`` (rating / 5, which counts a disliked film as evidence for it) 0.084 / 0.158;
@@ -61,8 +62,9 @@ from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encod
 from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
 from recarena.models.interactions import segments
+from recarena.schema import Schema
 
 WEIGHTINGS = ("centred", "liked", "seed")
 
@@ -89,11 +91,11 @@ class Siamese(RecommenderModule):
     """Descriptor encoder trained on item triplets; users as weighted means of their items.
 
     Args:
-        out_dim: embedding size (seed: 50).
-        hidden: widths of optional ReLU layers between the descriptor layer and the output (seed: none).
+        out_dim: embedding size (50 in the Siamese notebook this family follows).
+        hidden: widths of optional ReLU layers between the descriptor layer and the output (none in that notebook).
         item_ids: also give each item its own row of the first layer (a learnt per-item offset).
         user_weighting: ``liked`` (rating minus the user's mean, above-mean ratings only), ``centred`` (rating minus
-            the user's mean) or ``seed`` (rating / 5).
+            the user's mean) or ``seed`` (rating / 5, the notebook's weighting).
         positives, negatives, content_per_anchor, ratings_per_anchor, heldout_fraction, genome_k, tags_k, user_cap,
             encoding: how descriptors and triplets are built (:class:`~recarena.data.triplets.MiningOptions`); the view reads them.
             ``encoding`` (multi_hot or text) is the encoder's input, see the module docstring.
@@ -159,7 +161,7 @@ class Siamese(RecommenderModule):
         width = self.widths[0]
         if self.mining.encoding == "text":
             # Frozen descriptor vectors, a persistent buffer (checkpoints carry it): zeros until attach() or a
-            # checkpoint fills them. The trainable layer is W: 384 -> width with its bias (the seed's Linear).
+            # checkpoint fills them. The trainable layer is W: 384 -> width with its bias (the notebook's Linear).
             self.register_buffer("text_vectors", torch.zeros(max(n_descriptors, 1), TEXT_DIM, device=self.device))
             self.first = nn.Linear(TEXT_DIM, width)
         else:

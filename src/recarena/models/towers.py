@@ -3,9 +3,12 @@
 * :class:`ContextLookup` answers a batch of (user, end) queries on the tables of
   :func:`recarena.data.features.build_context_arrays` with tensor gathers only (see that module for the layout).
 * :class:`IdEmbedding`: an item-id table, or the sum of T salted-hash tables of the movie id (the hashing trick of
-  seed 000 and Yi et al. 2019, "Sampling-bias-corrected neural modeling for large corpus item recommendations").
-* :class:`UserTower` (seeds 002 + 000): [ratings context ; genre affinities ; mean of recent positives] -> Linear
-  -> tanh. :class:`ItemTower` (seed 002): [side features -> Linear -> tanh ; id embedding -> Linear -> tanh].
+  the "Learning RecSys through Papers Vol II" write-up and Yi et al. 2019, "Sampling-bias-corrected neural modeling for
+  large corpus item recommendations").
+* :class:`UserTower`: [ratings context ; genre affinities ; mean of recent positives] -> Linear -> tanh; the
+  context as in the blog post "Building a Two-Tower Deep Learning Movie Recommender System in PyTorch" (2024), the
+  history as in the write-up above. :class:`ItemTower` (as in that blog post): [side features -> Linear -> tanh ;
+  id embedding -> Linear -> tanh].
 """
 
 from __future__ import annotations
@@ -143,8 +146,9 @@ class IdEmbedding(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """[tanh(W_f x_i + b_f) ; tanh(W_e e_i + b_e) (; b_i)]: side features and id embedding (seed 002), each one
-    tanh layer, concatenated; with ``bias`` a learned per-item scalar is appended (the user side appends a 1)."""
+    """[tanh(W_f x_i + b_f) ; tanh(W_e e_i + b_e) (; b_i)]: side features and id embedding, each one tanh
+    layer, concatenated (as in the PyTorch two-tower blog post); with ``bias`` a learned per-item scalar is
+    appended (the user side appends a 1)."""
 
     def __init__(self, n_items: int, n_features: int, feature_dim: int, id_dim: int, bias: bool,
                  id_embedding: IdEmbedding | None, sparse: bool = False) -> None:  # fmt: skip
@@ -173,15 +177,16 @@ class UserTower(nn.Module):
 
     ``x_ctx`` (N,): the user's rating minus their mean, for the context items rated before the query (0 for the
     others), scattered from the ragged lookup into a (B, N) block.
-    ``x_genre`` (G,): per-genre mean rating minus the user's mean (0 for unrated genres) (seed 002).
-    ``h``: mean embedding of the last L positively rated items and a learned "no history" vector (seed 000).
+    ``x_genre`` (G,): per-genre mean rating minus the user's mean (0 for unrated genres), as in the PyTorch blog post.
+    ``h``: mean embedding of the last L positively rated items and a learned "no history" vector (the mean as in the
+    "Learning RecSys through Papers Vol II" write-up).
     """
 
     def __init__(self, inputs: list[str], n_context: int, n_genres: int, dim: int, history: IdEmbedding | None,
                  history_length: int, bias: bool, dropout: float, input_dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         self.n_context = n_context if "ratings_context" in inputs else 0
-        # One Linear over [x_ctx ; x_genre ; h]: the ratings context is seed 002's layer, the history block joins it.
+        # One Linear over [x_ctx ; x_genre ; h]: the PyTorch blog post's layer, the history block joins it.
         width = history.table.embedding_dim if history is not None else 0
         self.layer = nn.Linear(self.n_context + (n_genres if self.n_context else 0) + width, dim)
         self.history = history

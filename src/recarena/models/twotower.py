@@ -1,26 +1,28 @@
 """Feature-based two-tower model: users are built from their rating history, never from a user id.
 
-User tower (seeds 002 and 000, :class:`~recarena.models.towers.UserTower`), over the user's input ratings
-strictly before the label in training and all of them at evaluation (:mod:`recarena.data.features`):
+User tower (:class:`~recarena.models.towers.UserTower`), over the user's input ratings strictly before the label
+in training and all of them at evaluation (:mod:`recarena.data.features`):
 
-* ``ratings_context`` (seed 002): rating minus the user's mean for the N most-rated training movies, and per-genre
-  mean rating minus the user's mean;
-* ``history`` (seed 000): mean embedding of the last L items rated >= ``history_threshold``; item ids get one row
-  each, or (``hash_tables`` > 0) the sum of rows picked by several salted hashes of the movie id, as seed 000 does
-  in the retrieval set-up of Yi et al. 2019 ("Sampling-bias-corrected neural modeling for large corpus item
-  recommendations"), with tables sized to keep collisions rare (the rate is logged);
+* ``ratings_context`` (as in the blog post "Building a Two-Tower Deep Learning Movie Recommender System in
+  PyTorch", 2024): rating minus the user's mean for the N most-rated training movies, and per-genre mean rating
+  minus the user's mean;
+* ``history`` (as in the "Learning RecSys through Papers Vol II" write-up on in-batch negatives): mean embedding
+  of the last L items rated >= ``history_threshold``; item ids get one row each, or (``hash_tables`` > 0) the sum
+  of rows picked by several salted hashes of the movie id, as that write-up does in the retrieval set-up of Yi et
+  al. 2019 ("Sampling-bias-corrected neural modeling for large corpus item recommendations"), with tables sized
+  to keep collisions rare (the rate is logged);
 
-concatenated -> Linear -> tanh. Item tower (seed 002): genre multi-hot (+ release year, tags) -> Linear -> tanh,
-and item-id embedding -> Linear -> tanh, concatenated. With ``item_bias`` the vectors are augmented to
-[u ; 1] . [v ; b_i] = u . v + b_i, so every score stays one dot product of a user and an item vector.
+concatenated -> Linear -> tanh. Item tower (the PyTorch blog post's): genre multi-hot (+ release year, tags) ->
+Linear -> tanh, and item-id embedding -> Linear -> tanh, concatenated. With ``item_bias`` the vectors are augmented
+to [u ; 1] . [v ; b_i] = u . v + b_i, so every score stays one dot product of a user and an item vector.
 
-Ratings (``loss=mse``, seed 002's de-biased regression): r̂ = u . v + m, where m is the user's mean rating
-shrunk towards the global mean, m = (Σ r + α μ) / (n + α), over the same ratings as the context (before the
-label in training, all input ratings at evaluation), so the network learns r - m and the target never includes
-the label itself. RMSE/MAE are on the original scale. A user's context is a near-unique fingerprint, so the
-network memorises users quickly (seed 002 saw the same); dropout on the user inputs (a denoising regulariser)
-and on the user vector is what keeps it general (ML-100K random split, seed 42: validation RMSE 0.952 without
-either, 0.924 with both at 0.5). Ranking losses (``loss=logq``, ``inbatch``, ...) use
+Ratings (``loss=mse``, the PyTorch blog post's de-biased regression): r̂ = u . v + m, where m is the user's mean
+rating shrunk towards the global mean, m = (Σ r + α μ) / (n + α), over the same ratings as the context (before
+the label in training, all input ratings at evaluation), so the network learns r - m and the target never
+includes the label itself. RMSE/MAE are on the original scale. A user's context is a near-unique fingerprint, so
+the network memorises users quickly (the PyTorch blog post saw the same); dropout on the user inputs (a denoising
+regulariser) and on the user vector is what keeps it general (ML-100K random split, seed 42: validation RMSE
+0.952 without either, 0.924 with both at 0.5). Ranking losses (``loss=logq``, ``inbatch``, ...) use
 ``score`` = u . v; ranking is ``score_all`` = U V^T.
 
 A user never seen in training (a made-up one: ``run.recommend(liked=[...], likes_genre=[...])``) is a list of
@@ -50,8 +52,9 @@ from recarena.data.features import (
 )
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
-from recarena.models.base import RecommenderModule, Schema
+from recarena.models.base import RecommenderModule
 from recarena.models.towers import ContextLookup, IdEmbedding, ItemTower, UserTower
+from recarena.schema import Schema
 
 log = logging.getLogger(__name__)
 USER_INPUTS = ("ratings_context", "history")
@@ -71,9 +74,9 @@ class TwoTower(RecommenderModule):
     Args:
         user_inputs: any of ``ratings_context``, ``history``.
         item_inputs: any of ``item_id``, ``genres``, ``year``, ``tags``.
-        context_items: N, the most-rated training movies of the ratings context (seed 002: 250).
-        history_length, history_threshold, history_dim: L last positives (seed 000: 30, rating >= 3), their
-            embedding size.
+        context_items: N, the most-rated training movies of the ratings context (250 in the PyTorch blog post).
+        history_length, history_threshold, history_dim: L last positives (30 at rating >= 3 in the
+            "Learning RecSys through Papers Vol II" write-up), their embedding size.
         hash_tables, hash_size: 0 tables = one embedding row per item; else that many salted hashes of the movie
             id into tables of ``hash_size`` rows (0 = auto) for the item-id and history embeddings.
         feature_dim, id_dim: widths of the item side-feature and id halves; the user vector is their sum.
