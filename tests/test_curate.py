@@ -77,6 +77,32 @@ def test_min_item_mean():
     assert out.n_ratings == 4
 
 
+def test_min_item_mean_reads_only_the_earliest_known_share_of_the_ratings():
+    # Item 0 is rated 2 early and 5, 5 late; item 1 4, 4, 4 early and 1, 1 late; item 2 only late. Over all the
+    # ratings item 0 (mean 4) passes 3.5 and item 1 (2.8) fails: that reads the held-out (late) outcomes. Over the
+    # earliest 4 of the 9 (what a time-ordered split trains on) item 0 (2) fails, item 1 (4) passes with all its
+    # ratings, and item 2 has no known mean.
+    c = make_corpus(range(9), [0, 1, 1, 1, 0, 0, 1, 1, 2], [2, 4, 4, 4, 5, 5, 1, 1, 5], range(1, 10))
+    assert sorted(curate(c, {**NONE, "min_item_mean": 3.5}, seed=0).item_ids.tolist()) == [100, 102]
+    early = curate(c, {**NONE, "min_item_mean": 3.5}, seed=0, known_share=0.45)
+    assert early.item_ids.tolist() == [101] and early.n_ratings == 5
+    assert curation_key({**NONE, "min_item_mean": 3.5}, 0, 0.5) != curation_key({**NONE, "min_item_mean": 3.5}, 0, 0.8)
+    assert curation_key({**NONE, "min_item_ratings": 2}, 0, 0.5) == curation_key({**NONE, "min_item_ratings": 2}, 0)
+
+
+def test_the_datamodule_curates_on_the_split_s_training_share(make_cfg, monkeypatch: pytest.MonkeyPatch):
+    from recarena.build import build_datamodule
+    from recarena.data import datamodule
+
+    seen: list[float] = []
+    real = datamodule.curate
+    monkeypatch.setattr(datamodule, "curate", lambda *args: seen.append(args[3]) or real(*args))
+    cfg = make_cfg("data.curation.min_item_mean=3.0", "split=temporal", "split.val_fraction=0.2",
+                   "split.test_fraction=0.1")  # fmt: skip
+    build_datamodule(cfg, "pairs").setup("fit")
+    assert seen == [pytest.approx(0.7)]
+
+
 def test_min_user_ratings_counts_after_item_filters_in_one_pass():
     # user 0: items 0, 1, 2; item 2 is rare (only user 0) so the item filter leaves user 0 with 2 ratings.
     # user 1: items 0, 1, 3; user 2: items 0, 3 (2 ratings, dropped) -> item 3 then has 1 rating but stays:

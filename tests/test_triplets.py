@@ -56,7 +56,7 @@ def check_rules(x: sp.csr_matrix, liked: sp.csr_matrix, triplets: np.ndarray, co
             assert overlap[a, q] == (overlap[a, near].max() if len(near) else overlap[a, others].min())
 
 
-@pytest.mark.parametrize("negatives", ["easiest", "semi_hard"])
+@pytest.mark.parametrize("negatives", ["easiest", "near_miss"])
 def test_content_triplets_on_a_hand_made_catalogue(negatives: str) -> None:
     x = multi_hot(CATALOGUE)
     none_liked = sp.csr_matrix((len(CATALOGUE), 1), dtype=np.float32)
@@ -77,7 +77,7 @@ def test_ratings_triplets_take_the_most_co_liked() -> None:
     likes = np.zeros((5, len(CATALOGUE)), np.float32)
     likes[[0, 1, 2], 0] = likes[[0, 1, 2], 3] = likes[3, [0, 2]] = likes[4, [5, 7]] = 1
     liked = sp.csr_matrix(likes.T)  # items x users
-    for negatives in ("easiest", "semi_hard"):
+    for negatives in ("easiest", "near_miss"):
         triplets = mine_triplets(x, liked, content=0, ratings=1, negatives=negatives, seed=0)
         check_rules(x, liked, triplets, 0, 1, negatives)
         assert {(a, p) for a, p, _ in triplets} >= {(0, 3), (3, 0), (5, 7), (7, 5)}
@@ -86,7 +86,7 @@ def test_ratings_triplets_take_the_most_co_liked() -> None:
     assert {(a, p) for a, p, _ in both} >= {(0, 1), (0, 3)}  # the union of both sources
 
 
-@pytest.mark.parametrize("negatives", ["easiest", "semi_hard"])
+@pytest.mark.parametrize("negatives", ["easiest", "near_miss"])
 def test_random_catalogues_against_brute_force(monkeypatch: pytest.MonkeyPatch, negatives: str) -> None:
     """Several positives per anchor, common and rare descriptors, and chunks smaller than the catalogue."""
     rng = np.random.default_rng(0)
@@ -192,3 +192,11 @@ def test_features_never_read_validation_or_test_ratings(make_cfg) -> None:
     assert all(np.array_equal(b, a) for b, a in zip(before, features(), strict=True))
     dm.corpus.ratings[dm.split.train] = 6.0 - dm.corpus.ratings[dm.split.train]
     assert not all(np.array_equal(b, a) for b, a in zip(before, features(), strict=True))
+
+
+def test_semi_hard_is_the_old_name_of_near_miss(caplog: pytest.LogCaptureFixture) -> None:
+    from recarena.data.triplets import MiningOptions
+
+    with caplog.at_level("WARNING"):
+        opts = MiningOptions.from_config({"negatives": "semi_hard"})
+    assert opts.negatives == "near_miss" and "use model.negatives=near_miss" in caplog.text

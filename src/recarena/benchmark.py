@@ -278,7 +278,7 @@ class BenchmarkError(RuntimeError):
 
 
 def override_value(value: Any) -> str:
-    """A parameter value as a Hydra override value (``true``, ``0.0123``, ``semi_hard``)."""
+    """A parameter value as a Hydra override value (``true``, ``0.0123``, ``near_miss``)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -3,11 +3,16 @@
 The knobs run in ONE pass, in this fixed order, each on what the previous ones left:
 
 1. ``min_item_ratings``: drop movies with fewer ratings;
-2. ``min_item_mean``: drop movies whose mean rating is lower (the mean over all their ratings; step 1
-   removes whole movies, so it does not change any remaining movie's mean);
+2. ``min_item_mean``: drop movies whose mean rating is lower. The mean is taken over the earliest ``known_share``
+   of the ratings by time (the training share of the split that follows: 1 - val_fraction - test_fraction), never
+   over the ratings that will be held out, so the filter does not select movies on their test outcomes; a movie
+   with no rating in that share has no known mean and is dropped (step 1 removes whole movies, so it does not
+   change any remaining movie's mean);
 3. ``min_user_ratings``: drop users with fewer ratings *counted after the item filters*;
 4. ``max_users``: keep a uniform sample of that many users (without replacement);
 5. ``fraction``: keep a uniform sample of that share of the remaining ratings.
+
+The count filters (steps 1 and 3) are the usual k-core practice: they count ratings, not how good they are.
 
 Why one pass and not a fixed point: the order is easy to state and reproduce, and iterating would keep
 shrinking the data in ways no one chose. The price: after step 3 (and 4, 5) some movie may again have fewer
@@ -31,7 +36,7 @@ from recarena.data.corpus import Corpus
 from recarena.errors import DataError
 
 #: Bump when the meaning of a knob changes, so curated caches keyed by :func:`curation_key` are rebuilt.
-CURATION_VERSION = 1
+CURATION_VERSION = 2
 
 _DEFAULTS: dict[str, Any] = {
     "min_item_ratings": 0,
@@ -86,22 +91,39 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed % 2**63, stream]))
 
 
-def curation_key(cfg: Mapping, seed: int) -> str:
+def _early_item_means(corpus: Corpus, rows: np.ndarray, known_share: float) -> np.ndarray:
+    """(n_items,) mean rating of each item over the earliest ``known_share`` of ``rows`` by (timestamp, row);
+    NaN for an item without a rating there."""
+    if not 0.0 < known_share <= 1.0:
+        raise ValueError(f"the split's training share must be in (0, 1], got {known_share}")
+    order = np.lexsort((rows, corpus.timestamps[rows]))
+    early = rows[order[: int(round(known_share * len(rows)))]]
+    items = corpus.items[early]
+    sums = np.bincount(items, weights=corpus.ratings[early].astype(np.float64), minlength=corpus.n_items)
+    counts = np.bincount(items, minlength=corpus.n_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def curation_key(cfg: Mapping, seed: int, known_share: float = 1.0) -> str:
     """A short stable key of the curation's effect, for cache paths: ``"none"`` when no knob is active.
 
-    The seed enters only when a knob samples, so filter-only curations share one cache across run seeds.
+    The seed enters only when a knob samples, so filter-only curations share one cache across run seeds; the
+    known share only when ``min_item_mean`` reads it.
     """
     k = _knobs(cfg)
     if not _active(k):
         return "none"
     payload = {name: k[name] for name in _DEFAULTS if name != "seed"}
     payload["seed"] = _seed(k, seed) if _samples(k) else None
+    payload["known_share"] = round(float(known_share), 9) if k["min_item_mean"] is not None else None
     payload["version"] = CURATION_VERSION
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def curate(corpus: Corpus, cfg: Mapping, seed: int) -> Corpus:
-    """Apply the curation knobs in the documented order; the corpus itself when none is active.
+def curate(corpus: Corpus, cfg: Mapping, seed: int, known_share: float = 1.0) -> Corpus:
+    """Apply the curation knobs in the documented order; the corpus itself when none is active. ``known_share``:
+    the earliest share of the ratings by time that ``min_item_mean`` may read (the split's training share).
 
     Raises:
         DataError: when a knob leaves no rating, naming that knob.
@@ -126,11 +148,8 @@ def curate(corpus: Corpus, cfg: Mapping, seed: int) -> Corpus:
         counts = np.bincount(corpus.items[rows], minlength=corpus.n_items)
         rows = keep(counts[corpus.items[rows]] >= k["min_item_ratings"], "min_item_ratings")
     if k["min_item_mean"] is not None:
-        items = corpus.items[rows]
-        sums = np.bincount(items, weights=corpus.ratings[rows].astype(np.float64), minlength=corpus.n_items)
-        counts = np.bincount(items, minlength=corpus.n_items)
-        means = sums / np.maximum(counts, 1)
-        rows = keep(means[items] >= k["min_item_mean"], "min_item_mean")
+        means = _early_item_means(corpus, rows, known_share)
+        rows = keep(means[corpus.items[rows]] >= k["min_item_mean"], "min_item_mean")  # NaN (no early rating): out
     if k["min_user_ratings"] > 0:
         counts = np.bincount(corpus.users[rows], minlength=corpus.n_users)
         rows = keep(counts[corpus.users[rows]] >= k["min_user_ratings"], "min_user_ratings")

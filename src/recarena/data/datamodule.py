@@ -100,10 +100,17 @@ class MovieLensDataModule(L.LightningDataModule):
             return
         raw = load_corpus(self.data_cfg)
         curation = self.data_cfg.get("curation") or {}
-        corpus = curate(raw, curation, self.seed)
+        known = self.known_share()
+        corpus = curate(raw, curation, self.seed, known)
         cache_dir = Path(str(self.data_cfg["cache_dir"])).expanduser()
-        key = f"{corpus_key(raw)}-{curation_key(curation, self.seed)}"
+        key = f"{corpus_key(raw)}-{curation_key(curation, self.seed, known)}"
         self.use(corpus, load_or_make_split(corpus, self.split_cfg, self.seed, cache_dir, key))
+
+    def known_share(self) -> float:
+        """The share of the ratings the split trains on (1 - val_fraction - test_fraction; leave_one_out: 0.8): what
+        curation's ``min_item_mean`` may read, by time."""
+        val, test = (float(self.split_cfg.get(key, 0.1) or 0.0) for key in ("val_fraction", "test_fraction"))
+        return max(1.0 - val - test, 1e-9)
 
     def use(self, corpus: Corpus, split: Split) -> None:
         """Serve this (curated) corpus and split: everything derived from them (statistics, schema, training

@@ -21,8 +21,11 @@ Triplets, for every anchor item (exact; the chunked, vectorised engine is :mod:`
   ``easiest``: a uniformly random item among those sharing the fewest descriptors with the anchor. The notebook took
   one of the 3 first in catalogue order among them; with thousands of items sharing nothing, a uniform draw is the
   same rule without that order's bias.
-  ``semi_hard``: a uniformly random item among those sharing the most descriptors while still strictly fewer than
-  the positive does (a near miss); when there is none (a ratings positive sharing no descriptor), the easiest one.
+  ``near_miss``: a uniformly random item among those sharing the most descriptors while still strictly fewer than
+  the positive does; when there is none (a ratings positive sharing no descriptor), the easiest one. It is picked
+  offline by descriptor overlap, not FaceNet's semi-hard negative (Schroff et al. 2015: farther from the anchor
+  than the positive in the *current embedding*, within the margin), hence its name; ``semi_hard``, its former
+  name, still works with a warning.
 
 Ties (several items at the same overlap or co-like count) are broken uniformly at random from a generator seeded
 with the run seed, so a run's triplets are reproducible. Held-out triplets are those of a seeded
@@ -35,6 +38,7 @@ Run: ``python train.py model=siamese`` (the ``loss=triplet`` view ``triplets``).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -49,6 +53,8 @@ from recarena.data.corpus import Corpus
 from recarena.data.mining import CHUNK_CELLS, INF, Chunk, Groups, top_co_liked
 from recarena.data.text_encoding import require_text_extra
 from recarena.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from recarena.data.datamodule import MovieLensDataModule
@@ -65,7 +71,7 @@ class MiningOptions:
     """The ``model.*`` keys that shape descriptors and triplets (see ``conf/model/siamese.yaml``)."""
 
     positives: str = "both"
-    negatives: str = "semi_hard"
+    negatives: str = "near_miss"
     content_per_anchor: int = 1
     ratings_per_anchor: int = 50
     heldout_fraction: float = 0.1
@@ -78,11 +84,15 @@ class MiningOptions:
     def from_config(cls, cfg: Mapping[str, Any] | None) -> MiningOptions:
         """Known keys of ``cfg`` (other model keys are ignored), checked; raises :class:`ConfigError` (also for
         ``encoding=text`` without the text extra installed, before any mining)."""
-        cfg = cfg or {}
+        cfg = dict(cfg or {})
+        if cfg.get("negatives") == "semi_hard":
+            log.warning("model.negatives=semi_hard is now called near_miss (an offline near miss by descriptor "
+                        "overlap, not FaceNet's semi-hard negative): use model.negatives=near_miss")  # fmt: skip
+            cfg["negatives"] = "near_miss"
         opts = cls(**{f.name: type(f.default)(cfg[f.name]) for f in fields(cls) if cfg.get(f.name) is not None})
         choices = {
             "positives": ("content", "ratings", "both"),
-            "negatives": ("easiest", "semi_hard"),
+            "negatives": ("easiest", "near_miss"),
             "encoding": ("multi_hot", "text"),
         }
         for key, allowed in choices.items():
@@ -147,7 +157,7 @@ def liked_by(corpus: Corpus, rows: np.ndarray, threshold: float | None, user_cap
 
 # ---------------------------------------------------------------------------------------------------- mining
 def mine_triplets(
-    x: sp.csr_matrix, liked: sp.csr_matrix | None, content: int = 1, ratings: int = 50, negatives: str = "semi_hard",
+    x: sp.csr_matrix, liked: sp.csr_matrix | None, content: int = 1, ratings: int = 50, negatives: str = "near_miss",
     seed: int = 0,
 ) -> np.ndarray:
     """Triplets ``(T, 3)`` int64 (anchor, positive, negative), sorted and unique; see the module docstring.
@@ -169,7 +179,7 @@ def mine_triplets(
         # Each chunk draws from its own generator, so the triplets do not depend on the order chunks finish in.
         start = index * step
         chunk = Chunk(groups, start, min(start + step, n), np.random.default_rng([seed, index]))
-        return _mine_chunk(chunk, liked, liked_t, content, ratings, negatives == "semi_hard")
+        return _mine_chunk(chunk, liked, liked_t, content, ratings, negatives == "near_miss")
 
     # Chunks are independent; numpy and scipy release the GIL in their loops, so two threads overlap (~1.3x).
     with ThreadPoolExecutor(max_workers=MINING_THREADS) as pool:
@@ -179,7 +189,7 @@ def mine_triplets(
 
 def _mine_chunk(
     chunk: Chunk, liked: sp.csr_matrix | None, liked_t: sp.csr_matrix | None, content: int, ratings: int,
-    semi_hard: bool,
+    near_miss: bool,
 ) -> np.ndarray:
     """The triplets of one chunk of anchors, (T, 3): ratings positives first, then content positives."""
     n, rng, out = chunk.g.n, chunk.rng, [np.empty((0, 3), np.int64)]
@@ -190,7 +200,7 @@ def _mine_chunk(
         pos, count, keys, co_likes = top_co_liked(likes, anchors, ratings, rng)  # (c, ratings) each; lookup
         pair = np.repeat(rows, ratings)  # (m,) one per (anchor, positive)
         pos, count = pos.ravel(), count.ravel()
-        largest = np.full(len(pair), semi_hard)
+        largest = np.full(len(pair), near_miss)
         bound = np.where(largest, chunk.overlap(pair, pos), INF)
         neg, todo = np.full(len(pair), -1), np.arange(len(pair))
         for _ in range(REDRAWS):  # redraw the pairs that drew their positive or an item co-liked as often
@@ -209,7 +219,7 @@ def _mine_chunk(
         pos, top, ok = chunk.pick(rows, unbounded, largest=True)  # (c,) most shared descriptors
         ok &= top >= 1
         chunk.exclude(rows[ok], pos[ok])
-        neg, _, found = chunk.pick(rows, top, largest=semi_hard)  # below the positive's overlap: least or most
+        neg, _, found = chunk.pick(rows, top, largest=near_miss)  # below the positive's overlap: least or most
         ok &= found
         out.append(np.stack([anchors[ok], pos[ok], neg[ok]], axis=1))
     return np.concatenate(out)

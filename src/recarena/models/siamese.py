@@ -35,7 +35,7 @@ with ``encoding=text`` the mean text vectors).
 Defaults, chosen on ML-100K's validation set (temporal split, seed 42; NDCG@10 / Recall@20, popularity 0.064 /
 0.126): the notebook's setting (content positives, easiest negatives, no item ids, users as rating / 5 means)
 reaches 0.022 / 0.043 -- genres and decade alone cannot tell 1,682 movies apart. Item ids, 50 co-liked positives
-per anchor with semi-hard negatives and likes at >= 3 stars reach 0.085 / 0.156 with ``liked`` users. The user
+per anchor with near-miss negatives and likes at >= 3 stars reach 0.085 / 0.156 with ``liked`` users. The user
 weighting, on that setting: ``seed`` (rating / 5, which counts a disliked film as evidence for it) 0.084 / 0.158;
 ``centred`` 0.009 / 0.018 (ratings below a user's mean get negative weights and push the popular films they rated
 away from the user, and popular films are most of the held-out ones); ``liked`` (above-mean ratings only, by how
@@ -118,7 +118,7 @@ class Siamese(RecommenderModule):
         item_ids: bool = True,
         user_weighting: str = "liked",
         positives: str = "both",
-        negatives: str = "semi_hard",
+        negatives: str = "near_miss",
         content_per_anchor: int = 1,
         ratings_per_anchor: int = 50,
         heldout_fraction: float = 0.1,
