@@ -218,3 +218,11 @@ def make_recbole_wheel(path: Path, recbole_dir: Path) -> Path:
         zf.writestr("recbole/__init__.py", "raise RuntimeError('never imported')\n")
         zf.writestr("../escape.txt", "must not be extracted\n")
     return path
+
+
+def tag_applications(items: list[int], tags: list[str], counts: list[int], user_id: int = 10**6,
+                     timestamp: int = 0) -> pd.DataFrame:  # fmt: skip
+    """``corpus.tags`` rows: each (item, tag) applied ``count`` times by a user without ratings at ``timestamp``."""
+    repeat = np.repeat(np.arange(len(items)), counts)
+    return pd.DataFrame({"item": np.asarray(items, np.int32)[repeat], "user_id": np.int64(user_id),
+                         "tag": np.asarray(tags, object)[repeat], "timestamp": np.int64(timestamp)})  # fmt: skip

@@ -20,6 +20,7 @@ from recarena.data.features import (
 )
 from recarena.data.splits import Split, make_split
 from recarena.models.towers import ContextLookup
+from tests.data_factories import tag_applications
 
 N_CONTEXT, THRESHOLD = 7, 3.5
 
@@ -35,7 +36,7 @@ def feature_corpus(seed: int = 0, n_users: int = 30, n_items: int = 80) -> Corpu
     years = [1915, 1957, 1999, 2024, None] * (n_items // 5)
     item_table = pd.DataFrame({"movie_id": np.arange(n_items, dtype=np.int64) * 7 + 3, "title": "m",
                                "year": pd.array(years, dtype="Int64"), "genres": ""})  # fmt: skip
-    tags = pd.DataFrame({"item": [0, 0, 1, 2, 5], "tag": ["a", "b", "a", "c", "c"], "count": [5, 1, 2, 9, 1]})
+    tags = tag_applications([0, 0, 1, 2, 5], ["a", "b", "a", "c", "c"], [5, 1, 2, 9, 1])
     return Corpus(
         name="toy", users=users[perm].astype(np.int32), items=items[perm].astype(np.int32),
         ratings=(rng.integers(2, 11, len(users)) / 2).astype(np.float32)[perm],

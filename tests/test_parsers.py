@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from recarena.data import movielens as ml
+from recarena.data.side_info import visible_tags
 from recarena.errors import DataError
 from tests.data_factories import append_lines, make_items, make_ratings, make_users, n_lines, write_release
 
@@ -74,10 +75,14 @@ def test_csv_release_with_tags_and_genome(tmp_path: Path) -> None:
     root = write_release(tmp_path, "csv", item_stride=10)
     corpus = ml.parse_csv_release(root, "ml-latest-small")
     _check_against_truth(corpus, half_stars=True, stride=10)
-    tags = corpus.tags
-    first = tags[tags["item"] == 0].set_index("tag")["count"].to_dict()
+    tags = corpus.tags  # one row per application, with who and when (a split keeps the ones in its past)
+    assert tags.columns.tolist() == ["item", "user_id", "tag", "timestamp"] and len(tags) == 3 + corpus.n_items
+    assert tags[tags["item"] == 0].sort_values("timestamp")[["user_id", "timestamp"]].values.tolist() == [
+        [1, 1000], [2, 1001], [1, 1002], [3, 1003]]  # fmt: skip
+    counts = visible_tags(corpus, None)
+    first = counts[counts["item"] == 0].set_index("tag")["count"].to_dict()
     assert first == {"funny": 2, "dark, comedy": 1, "classic": 1}  # lower-cased, stripped, counted
-    assert tags["item"].dtype == np.int32 and set(tags["tag"]) == {"funny", "dark, comedy", "classic"}
+    assert counts["item"].dtype == np.int32 and set(counts["tag"]) == {"funny", "dark, comedy", "classic"}
     genome = corpus.genome
     assert (genome.groupby("item").size() == ml.GENOME_TOP_K).all()
     scores = pd.read_csv(root / "genome-scores.csv")

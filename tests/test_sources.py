@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from recarena.data import sources
-from recarena.data.corpus import Corpus
+from recarena.data.corpus import CORPUS_FORMAT_VERSION, Corpus
 from recarena.errors import DataError
 from tests.conftest import ml100k_cache
 from tests.data_factories import digest, make_recbole_wheel, write_release, zip_dir
@@ -90,7 +90,7 @@ def test_corpus_cache_round_trip(tmp_path: Path, monkeypatch) -> None:
     root.rename(tmp_path / "cache" / "ml-latest-small")
     first = sources.load_corpus(_cfg("ml-latest-small", tmp_path / "cache"))
     [cached] = (tmp_path / "cache" / "corpus").iterdir()
-    assert cached.name.startswith("ml-latest-small-") and cached.name.endswith("-v1")
+    assert cached.name.startswith("ml-latest-small-") and cached.name.endswith(f"-v{CORPUS_FORMAT_VERSION}")
     assert first.extra["cache_key"] == cached.name
 
     def boom(*args):

@@ -12,6 +12,7 @@ from recarena.data import mining
 from recarena.data.corpus import Corpus, RatingScale
 from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets, split_by_anchor
 from recarena.errors import ConfigError
+from tests.data_factories import tag_applications
 
 CATALOGUE = [  # item -> descriptors
     {"drama", "1990s", "war"},  # 0: shares 3 with 1, 2 with 2
@@ -133,7 +134,7 @@ def small_corpus() -> Corpus:
                           "genres": ["Drama|War", "Comedy", "unknown"]})  # fmt: skip
     genome = pd.DataFrame({"item": [0, 0, 0, 1], "tag": ["war", "tense", "dull", "funny"],
                            "relevance": np.array([0.9, 0.8, 0.1, 0.7], np.float32)})  # fmt: skip
-    tags = pd.DataFrame({"item": [1, 1, 2], "tag": ["funny", "silly", "odd"], "count": [5, 1, 2]})
+    tags = tag_applications([1, 1, 2], ["funny", "silly", "odd"], [5, 1, 2])
     return Corpus(
         name="toy", users=np.array([0, 0, 1, 1], np.int32), items=np.array([0, 1, 1, 2], np.int32),
         ratings=np.array([5, 3, 4, 1], np.float32), timestamps=np.arange(4, dtype=np.int64),

@@ -64,6 +64,8 @@ def _metric_key(col: str) -> tuple:
 
 def _row(path: Path, d: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {k: d.get(k) or "" for k in ("model", "loss", "data", "split")} | {"seed": d.get("seed")}
+    if d.get("future_item_features"):  # model.allow_future_item_features: not comparable with the other rows
+        row["model"] = f"{row['model']} (future item features)"
     key = d.get("config_key")
     row["config_key"] = key if isinstance(key, str) else config_key(d.get("overrides") or [])
     for part in ("test", "val"):

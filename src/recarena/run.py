@@ -238,6 +238,8 @@ def _record(cfg: DictConfig, job: Job, threads: int, dm: MovieLensDataModule, tr
         "best_epoch": _checkpoint_epochs(best_path) if best_path else None,
         "epochs": int(trainer.current_epoch) if model.trainable else 0,
         "best_checkpoint": str(best_path) if best_path else None,
+        # Item features computed from held-out ratings (the tag genome under a time split, allowed explicitly).
+        "future_item_features": bool(getattr(model, "future_item_features", False)),
         "split_fingerprint": dm.split.fingerprint,
         # Users scored / users with a held-out rating: fewer when eval.max_users samples them.
         "eval_users": {part: [data.n_users_eval, data.n_users_all] for part, data in

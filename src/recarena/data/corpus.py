@@ -27,7 +27,7 @@ from recarena.errors import DataError
 log = logging.getLogger(__name__)
 
 #: Bump when the on-disk layout or the cleaning rules change: older caches are then rebuilt, never misread.
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
 
 
 
@@ -58,8 +58,9 @@ class Corpus:
             ``year`` (nullable Int64), ``genres`` (str, ``|``-joined, as in MovieLens CSVs).
         genre_names: the genre vocabulary, in column order of :attr:`genres`.
         genres: (n_items, n_genres) uint8 multi-hot.
-        tags: optional user tags, one row per (item, tag): ``item`` (int32 index), ``tag`` (str, lower-cased),
-            ``count`` (how many times users applied it).
+        tags: optional user tags, one row per application: ``item`` (int32 index), ``user_id`` (the tagging
+            user's original id, who may have no rating), ``tag`` (str, lower-cased), ``timestamp``; models read
+            them through :func:`recarena.data.side_info.visible_tags`, which keeps what a split leaves in the past.
         genome: optional tag genome, the most relevant genome tags per item: ``item``, ``tag``,
             ``relevance`` (float32 in [0, 1]).
         user_table: optional frame, one row per user index (e.g. age, gender, occupation of ML-100K).
@@ -283,7 +284,7 @@ def build_corpus(
         ratings: columns ``user_id``, ``movie_id``, ``rating``, ``timestamp`` in file order (the row order
             breaks timestamp ties in the temporal split, so it must be preserved).
         items: columns ``movie_id``, ``title`` (without year), ``year`` (nullable), ``genres`` (``|``-joined).
-        tags: optional user tags aggregated per movie: ``movie_id``, ``tag``, ``count``.
+        tags: optional user tag applications: ``movie_id``, ``user_id``, ``tag``, ``timestamp``.
         genome: optional ``movie_id``, ``tag``, ``relevance`` (already cut to the top tags per movie).
         users: optional, indexed by nothing, with a ``user_id`` column and any attributes.
         source: the ratings file, named in error messages.

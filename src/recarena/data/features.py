@@ -34,6 +34,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.data.corpus import Corpus
+from recarena.data.side_info import visible_tags
+from recarena.data.splits import Split
 
 #: Ratings between two stored snapshots of a user's running sums (memory n_input/BLOCK rows; gather BLOCK-1).
 BLOCK = 32
@@ -148,12 +150,13 @@ def item_feature_width(inputs: list[str], n_genres: int, n_tags: int) -> int:
     return sum(widths[name] for name in ITEM_SIDE_INPUTS if name in inputs)
 
 
-def item_features(corpus: Corpus, inputs: list[str], n_tags: int) -> np.ndarray:
+def item_features(corpus: Corpus, inputs: list[str], n_tags: int, split: Split | None = None) -> np.ndarray:
     """(n_items, F) float32: genre multi-hot, one-hot 5-year release bucket, multi-hot of the top tags.
 
-    Tags: the ``n_tags`` tags applied most often over the corpus (``corpus.tags``); an item has a tag's column
-    set when any user applied it. A release without tags gets zero columns of the same width, so the network's
-    shape depends on the config only.
+    Tags: the ``n_tags`` tags applied most often among the applications ``split`` leaves before its held-out
+    ratings (:func:`recarena.data.side_info.visible_tags`); an item has a tag's column set when any user applied
+    it then. A release without tags gets zero columns of the same width, so the network's shape depends on the
+    config only.
     """
     blocks = []
     if "genres" in inputs:
@@ -165,10 +168,11 @@ def item_features(corpus: Corpus, inputs: list[str], n_tags: int) -> np.ndarray:
         blocks.append(np.eye(YEAR_BUCKETS, dtype=np.float32)[bucket])
     if "tags" in inputs:
         tags = np.zeros((corpus.n_items, n_tags), dtype=np.float32)
-        if corpus.tags is not None and len(corpus.tags) and n_tags:
-            totals = corpus.tags.groupby("tag")["count"].sum().sort_values(ascending=False, kind="stable")
+        counts = visible_tags(corpus, split)
+        if counts is not None and len(counts) and n_tags:
+            totals = counts.groupby("tag")["count"].sum().sort_values(ascending=False, kind="stable")
             column = pd.Series(np.arange(min(n_tags, len(totals))), index=totals.index[:n_tags])
-            kept = corpus.tags[corpus.tags["tag"].isin(column.index)]
+            kept = counts[counts["tag"].isin(column.index)]
             tags[kept["item"].to_numpy(), column.reindex(kept["tag"]).to_numpy()] = 1.0
         blocks.append(tags)
     if not blocks:

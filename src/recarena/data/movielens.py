@@ -267,13 +267,17 @@ def parse_csv_release(root: Path, name: str = "ml-latest-small", scale: RatingSc
 
 
 def read_tags(path: Path) -> pd.DataFrame:
-    """User tags -> one row per (movie, lower-cased stripped tag) with how many times it was applied."""
-    raw = read_delimited(path, {"movieId": pa.int32(), "tag": pa.string()}, multiline=True)
+    """User tags -> one row per application: ``movie_id``, ``user_id``, the lower-cased stripped ``tag`` and its
+    ``timestamp``, so that a split can keep the applications its held-out ratings have not reached
+    (:mod:`recarena.data.side_info`)."""
+    schema = {"userId": pa.int64(), "movieId": pa.int32(), "tag": pa.string(), "timestamp": pa.int64()}
+    raw = read_delimited(path, schema, multiline=True)
     tag = raw["tag"].astype("string").str.strip().str.lower()
-    frame = pd.DataFrame({"movie_id": raw["movieId"], "tag": tag})
-    frame = frame[frame["movie_id"].notna() & tag.notna() & (tag != "")]
-    counts = frame.groupby(["movie_id", "tag"], sort=True).size()
-    return counts.rename("count").reset_index().astype({"movie_id": "int64", "count": "int32"})
+    frame = pd.DataFrame({"movie_id": raw["movieId"], "user_id": raw["userId"], "tag": tag,
+                          "timestamp": raw["timestamp"]})  # fmt: skip
+    frame = frame[frame[["movie_id", "user_id", "timestamp"]].notna().all(axis=1) & tag.notna() & (tag != "")]
+    frame = frame.astype({"movie_id": "int64", "user_id": "int64", "timestamp": "int64"})
+    return frame.sort_values(["movie_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
 def read_genome(scores_path: Path, tags_path: Path, top_k: int = GENOME_TOP_K) -> pd.DataFrame:

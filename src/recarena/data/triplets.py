@@ -51,6 +51,8 @@ import torch
 
 from recarena.data.corpus import Corpus
 from recarena.data.mining import CHUNK_CELLS, INF, Chunk, Groups, top_co_liked
+from recarena.data.side_info import check_genome, visible_tags
+from recarena.data.splits import Split
 from recarena.data.text_encoding import require_text_extra
 from recarena.errors import ConfigError
 
@@ -79,6 +81,7 @@ class MiningOptions:
     tags_k: int = 5
     user_cap: int = 300
     encoding: str = "multi_hot"
+    allow_future_item_features: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> MiningOptions:
@@ -119,8 +122,10 @@ def _top_per_item(frame: pd.DataFrame | None, score: str, k: int) -> pd.DataFram
     return pd.DataFrame({"item": ranked["item"].to_numpy(np.int64), "text": ranked["tag"].astype(str).to_numpy()})
 
 
-def item_descriptors(corpus: Corpus, genome_k: int = 5, tags_k: int = 5) -> tuple[sp.csr_matrix, list[str]]:
-    """Binary multi-hot ``X`` (n_items x V, float32 CSR) and its vocabulary (sorted, lower-case)."""
+def item_descriptors(corpus: Corpus, genome_k: int = 5, tags_k: int = 5,
+                     split: Split | None = None) -> tuple[sp.csr_matrix, list[str]]:  # fmt: skip
+    """Binary multi-hot ``X`` (n_items x V, float32 CSR) and its vocabulary (sorted, lower-case); the user tags are
+    those ``split`` leaves before its held-out ratings (:func:`recarena.data.side_info.visible_tags`)."""
     names = np.array([g.lower() for g in corpus.genre_names], dtype=object)
     item_g, col_g = np.nonzero(corpus.genres)
     year = corpus.item_table["year"]
@@ -130,7 +135,7 @@ def item_descriptors(corpus: Corpus, genome_k: int = 5, tags_k: int = 5) -> tupl
         pd.DataFrame({"item": item_g.astype(np.int64), "text": names[col_g]}),
         pd.DataFrame({"item": np.flatnonzero(has_year), "text": decade.to_numpy(dtype=object)}),
         _top_per_item(corpus.genome, "relevance", genome_k),
-        _top_per_item(corpus.tags, "count", tags_k),
+        _top_per_item(visible_tags(corpus, split), "count", tags_k),
     ]
     pairs = pd.concat(parts, ignore_index=True)
     pairs["text"] = pairs["text"].str.strip().str.lower()
@@ -253,9 +258,10 @@ def descriptor_data(dm: MovieLensDataModule, options: MiningOptions | None = Non
     opts = options or MiningOptions.from_config(getattr(dm, "view_options", None))
     if not hasattr(dm, "descriptor_cache"):
         dm.descriptor_cache = {}
-    key = (opts.genome_k, opts.tags_k)
+    check_genome(dm.corpus, dm.split, opts.genome_k, opts.allow_future_item_features)
+    key = (opts.genome_k, opts.tags_k, dm.split.fingerprint if dm.split is not None else None)
     if key not in dm.descriptor_cache:
-        dm.descriptor_cache[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k)
+        dm.descriptor_cache[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k, dm.split)
     return dm.descriptor_cache[key]
 
 

@@ -58,6 +58,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from recarena.data.corpus import Corpus
+from recarena.data.side_info import uses_future_item_features
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
 from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
 from recarena.errors import ConfigError
@@ -126,6 +127,7 @@ class Siamese(RecommenderModule):
         tags_k: int = 5,
         user_cap: int = 300,
         encoding: str = "multi_hot",
+        allow_future_item_features: bool = False,
         n_descriptors: int | None = None,
         optimizer: partial | None = None,
         **kwargs: Any,
@@ -138,7 +140,7 @@ class Siamese(RecommenderModule):
             positives=positives, negatives=negatives, content_per_anchor=content_per_anchor,
             ratings_per_anchor=ratings_per_anchor,
             heldout_fraction=heldout_fraction, genome_k=genome_k, tags_k=tags_k, user_cap=user_cap,
-            encoding=encoding))  # fmt: skip
+            encoding=encoding, allow_future_item_features=allow_future_item_features))  # fmt: skip
         self.widths = [int(w) for w in hidden] + [int(out_dim)]
         self.user_weighting = user_weighting
         self.item_ids = item_ids
@@ -295,6 +297,7 @@ class Siamese(RecommenderModule):
     def attach(self, dm: Any) -> None:
         super().attach(dm)
         x, vocabulary = descriptor_data(dm, self.mining)
+        self.future_item_features = uses_future_item_features(dm.corpus, dm.split, self.mining.genome_k)
         text = self.mining.encoding == "text"
         if self.first is None:
             self._build_encoder(x.shape[1])

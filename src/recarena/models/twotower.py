@@ -162,7 +162,7 @@ class TwoTower(RecommenderModule):
         started = time.perf_counter()
         arrays = build_context_arrays(corpus, split.train, split.known, self.context_items, self.history_threshold)
         self.lookup.load(arrays)
-        features = torch.as_tensor(item_features(corpus, self.item_inputs, self.n_tags))
+        features = torch.as_tensor(item_features(corpus, self.item_inputs, self.n_tags, split))
         self.item_tower.features = features.to(self.item_tower.features.device)
         for name, ids in (("item", self.item_tower.id_embedding), ("history", self.user_tower.history)):
             if ids is not None and ids.hash_tables:
