@@ -320,3 +320,25 @@ def test_import_and_help_stay_free_of_torch() -> None:
     code = ("import sys, recarena, recarena.cli, recarena.commands.use as use; use._parser(); "
             "assert callable(recarena.__getattr__); sys.exit('torch' in sys.modules)")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("family", ["mf", "mf_bpr"])
+def test_predict_is_the_rating_where_the_family_predicts_ratings_else_the_ranking_score(
+    trained: Trained, family: str
+) -> None:
+    run = load_run(trained(family)[0])
+    user = int(run.corpus.user_ids[run.corpus.users[run.split.train][0]])
+    top = run.recommend(user=user, k=3)
+    movie = f"{top['title'][0]} ({top['year'][0]})" if pd.notna(top["year"][0]) else top["title"][0]
+    value = run.predict(user, movie_id=int(top["movie_id"][0]))
+    if family == "mf":  # trained on ratings: a rating on the scale, the model's own forward pass, clipped
+        assert run.model.predicts_ratings
+        low, high = run.corpus.scale.low, run.corpus.scale.high
+        index, item = run.user_indices([user]), np.flatnonzero(run.corpus.item_ids == int(top["movie_id"][0]))
+        expected = float(run.model(torch.as_tensor(index), torch.as_tensor(item)).clamp(low, high)[0])
+        assert low <= value <= high and value == pytest.approx(expected, rel=1e-6)
+    else:  # ranked by BPR: the score recommend ordered by
+        assert not run.model.predicts_ratings and value == pytest.approx(float(top["score"][0]), rel=1e-5)
+    assert run.predict(user, movie) == pytest.approx(value, rel=1e-6)
+    with pytest.raises(RunError, match="no movie titled"):
+        run.predict(user, "No Such Movie (1900)")

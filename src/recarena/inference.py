@@ -286,6 +286,21 @@ class Run:
             "score": scores[rows, ranks],
         })  # fmt: skip
 
+    # ------------------------------------------------------------------ one (user, movie) pair
+    @torch.no_grad()
+    def predict(self, user: int, movie: str | None = None, *, movie_id: int | None = None) -> float:
+        """What the model says of one MovieLens user and one movie (a title as :func:`resolve_movie` reads it, or
+        ``movie_id``): the predicted rating, clipped to the rating scale, where the family predicts ratings and was
+        trained to (``model.predicts_ratings``: the RMSE the run reports is of these), else the ranking score
+        ``recommend`` orders by. A movie the user rated is predicted too (recommend leaves those out)."""
+        index = int(self.user_indices([user])[0])
+        item = resolve_movie(self.corpus, movie, movie_id, where=str(self.path))
+        device = self.model.device
+        users = torch.tensor([index], device=device)
+        if self.model.predicts_ratings:
+            return float(self.model.predict_ratings(users, torch.tensor([item], device=device))[0])
+        return float(self.model.score_all(users)[0, item])
+
     # ------------------------------------------------------------------ similar movies
     def similar(
         self, title: str | None = None, k: int = 10, min_ratings: int = 0, *, movie_id: int | None = None
