@@ -57,8 +57,9 @@ def _render(browser: object, html: Path, screenshot: Path | None) -> dict:
                 tr => [...tr.querySelectorAll('td')].map(td => td.textContent.trim())),
             best: [...document.querySelectorAll('#leaderboard td.best')].map(td => td.textContent.trim()),
             reference: [...document.querySelectorAll('#leaderboard tr.reference td')].map(td => td.textContent.trim()),
-            images: [...document.images].map(img => ({src: img.getAttribute('src'), width: img.naturalWidth,
-                                                       complete: img.complete})),
+            images: [...document.images].map(img => ({file: img.dataset.file, width: img.naturalWidth,
+                                                       complete: img.complete, src: img.getAttribute('src')})),
+            notes: [...document.querySelectorAll('p.note')].map(p => p.textContent.trim()),
         })""")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +119,20 @@ def test_html_table_and_images_render(browser: object, sweep: Path) -> None:
     assert " ± " in ref[col["test/ndcg@10"]] and ref[col["test/ndcg@10"]] in seen["best"]
 
     images = seen["images"]
-    assert {i["src"] for i in images} == PLOT_FILES
+    assert {i["file"] for i in images} == PLOT_FILES
     assert all(i["complete"] and i["width"] > 0 for i in images), images
+    assert seen["notes"][-1].startswith("Written ") and " on " in seen["notes"][-1]  # when, how, where, versions
+
+
+def test_the_page_is_one_self_contained_file(browser: object, sweep: Path, tmp_path_factory) -> None:
+    """Moved alone (mailed, attached), with no network and no PNG beside it, every image still renders."""
+    write_leaderboard(sweep)
+    alone = tmp_path_factory.mktemp("alone") / "leaderboard.html"
+    alone.write_bytes((sweep / "leaderboard.html").read_bytes())
+    seen = _render(browser, alone, None)
+    assert len(seen["images"]) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in seen["images"])
+    assert all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
+    assert "runs: " in seen["notes"][-1]
 
 
 def test_page_without_plots_or_tests_still_renders(browser: object, tmp_path: Path) -> None:
@@ -129,7 +142,7 @@ def test_page_without_plots_or_tests_still_renders(browser: object, tmp_path: Pa
     write_leaderboard(tmp_path, primary="test/rmse")
     seen = _render(browser, tmp_path / "leaderboard.html", None)
     assert len(seen["rows"]) == 1 and "0.900" in seen["rows"][0]
-    assert [i["src"] for i in seen["images"]] == ["leaderboard_metrics.png"] and seen["images"][0]["width"] > 0
+    assert [i["file"] for i in seen["images"]] == ["leaderboard_metrics.png"] and seen["images"][0]["width"] > 0
     assert not (tmp_path / "leaderboard_curves.png").exists()
 
 
@@ -158,6 +171,6 @@ def test_multirun_leaves_html_plots_and_per_user_files(browser: object, tmp_path
     seen = _render(browser, sweep / "leaderboard.html", _screenshot("-sweep"))
     at = seen["headers"].index("Δ vs ref")
     assert len(seen["rows"]) == 2 and [r[at] for r in seen["rows"]].count("ref") == 1
-    assert {i["src"] for i in seen["images"]} == PLOT_FILES
+    assert {i["file"] for i in seen["images"]} == PLOT_FILES
     assert all(i["width"] > 0 for i in seen["images"]), seen["images"]
 

@@ -16,8 +16,15 @@ no global pyplot state or display backend is touched in the caller's process.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import datetime
 import html
+import io
+import json
+import platform
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from recarena.atomic import atomic_file
-from recarena.record import KEYS
+from recarena.record import KEYS, METRICS_FILE
 from recarena.significance import runs_by_row, validation_twin
 
 if TYPE_CHECKING:
@@ -70,20 +77,40 @@ def write_html(out_dir: Path, board: pd.DataFrame, runs: pd.DataFrame,
         "curves": _curves(board, runs, labels),
         "ndcg_at_k": _ndcg_at_k(board, labels),
     }
-    written, shown = [], []
+    written, shown = [], {}
     for name, fig in figures.items():
         path = out_dir / PLOTS[name][0]
         if fig is None:
             path.unlink(missing_ok=True)
             continue
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         with atomic_file(path, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100)
+            handle.write(png.getvalue())
         written.append(path)
-        shown.append(name)
+        shown[name] = png.getvalue()
     page = out_dir / HTML_FILE
     with atomic_file(page, "w", encoding="utf-8") as handle:
-        handle.write(_page(board, headers, cells, bold, intro, shown))
+        handle.write(_page(board, headers, cells, bold, [*intro, provenance(runs)], shown))
     return [page, *written]
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the page comes from: when, by which command, on which machine, from which code and packages (the
+    runs' own metrics.json record their versions and commit; several are listed when they differ)."""
+    versions: dict[str, set[str]] = {}
+    for run_dir in runs.get("run_dir", pd.Series(dtype=str)).dropna().unique():
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+            versions.setdefault("git", set()).add(str(record.get("git_commit") or "?")[:10])
+            for package, number in (record.get("versions") or {}).items():
+                versions.setdefault(package, set()).add(str(number))
+    wanted = ("git", "recarena", "torch", "lightning", "python")
+    stated = ", ".join(f"{name} {'/'.join(sorted(versions[name]))}" for name in wanted if name in versions)
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "?"
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"Written {when} by `{command}` on {platform.node() or '?'} ({platform.platform(terse=True)}); "
+            f"runs: {stated or 'no versions recorded'}.")  # fmt: skip
 
 
 def _shorten(text: str, width: int = 48) -> str:
@@ -98,7 +125,7 @@ def _inline(text: str) -> str:
 
 
 def _page(board: pd.DataFrame, headers: list[str], cells: list[list[str]], bold: list[list[bool]],
-          intro: list[str], plots: list[str]) -> str:
+          intro: list[str], plots: dict[str, bytes]) -> str:
     text_cols = {"configuration", "model", "loss", "data", "split"}
     head = "".join(f'<th class="{"text" if h in text_cols else "num"}">{html.escape(h).replace("/", "/<wbr>")}</th>'
                    for h in ["#", *headers])  # long metric names may break after the split's slash
@@ -111,10 +138,11 @@ def _page(board: pd.DataFrame, headers: list[str], cells: list[list[str]], bold:
             tds.append(f'<td class="{" ".join(classes)}">{_inline(cell)}</td>')
         ref = ' class="reference"' if reference is not None and board.index[i] == reference else ""
         rows.append(f"<tr{ref}>{''.join(tds)}</tr>")
-    figures = [
-        f'<figure><img src="{PLOTS[name][0]}" alt="{name.replace("_", " ")} plot">'
+    figures = [  # embedded: the page is one self-contained file (the PNGs are written beside it too)
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" data-file="{PLOTS[name][0]}" '
+        f'alt="{name.replace("_", " ")} plot">'
         f"<figcaption>{html.escape(PLOTS[name][1])} Numbers are the table's rows.</figcaption></figure>"
-        for name in plots
+        for name, png in plots.items()
     ]
     return "\n".join([
         "<!DOCTYPE html>",
