@@ -174,3 +174,30 @@ def test_multirun_leaves_html_plots_and_per_user_files(browser: object, tmp_path
     assert {i["file"] for i in seen["images"]} == PLOT_FILES
     assert all(i["width"] > 0 for i in seen["images"]), seen["images"]
 
+
+
+def test_error_axes_zoom_to_the_bars_and_each_objective_has_its_own_loss_panel(tmp_path: Path) -> None:
+    """RMSE 0.975 vs 0.992 must look different (no axis from 0), and a BPR loss must not share an axis with a
+    squared error."""
+    from recarena.report import leaderboard, load_runs
+    from recarena.report_html import _bars, _curves
+
+    for num, (loss, rmse, losses) in enumerate([("mse", 0.975, [1.2, 0.9]), ("mse", 0.992, [1.3, 1.0]),
+                                                ("bpr", None, [0.69, 0.4])]):  # fmt: skip
+        payload = _payload("mf", 1, ["model=mf", f"loss={loss}", f"optimizer.lr=0.0{num + 1}"],
+                           {"test/ndcg@10": 0.1, **({"test/rmse": rmse} if rmse else {})}, {"val/ndcg@10": 0.1}, True)
+        _write(tmp_path / str(num), payload | {"loss": loss})
+        _write_csv_log(tmp_path / str(num), losses=losses, val=[0.05, 0.1])
+    runs = load_runs([tmp_path])
+    board = leaderboard(runs, primary="test/ndcg@10")
+    labels = [str(i) for i in range(len(board))]
+    bars = _bars(board, ["test/rmse", "test/ndcg@10"], labels)
+    rmse_axis, ndcg_axis = bars.axes
+    low, high = rmse_axis.get_xlim()
+    assert 0.9 < low < 0.975 and 0.992 < high < 1.1  # zoomed in on the two bars
+    assert ndcg_axis.get_xlim()[0] == 0  # scores keep their axis from 0
+    curves = _curves(board, runs, labels)
+    titles = [ax.get_title() for ax in curves.axes]
+    assert sorted(titles[:2]) == ["train/loss (loss=bpr)", "train/loss (loss=mse)"] and titles[2] == "val/ndcg@10"
+    bpr_panel = curves.axes[titles.index("train/loss (loss=bpr)")]
+    assert len(bpr_panel.lines) == 1  # only the BPR row's curve

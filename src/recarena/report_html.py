@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from recarena.atomic import atomic_file
+from recarena.evaluation.registry import metric_of
 from recarena.record import KEYS, METRICS_FILE
 from recarena.significance import runs_by_row, validation_twin
 
@@ -178,6 +179,11 @@ def _bars(board: pd.DataFrame, metrics: list[str], labels: list[str]) -> Figure 
         std = np.nan_to_num(board[f"{metric}_std"].to_numpy(np.float64))  # one seed: no error bar
         ok = ~np.isnan(mean)  # a metric a family does not report: no bar
         ax.barh(y[ok], mean[ok], xerr=std[ok], capsize=3, color=[f"C{i % 10}" for i in y[ok]])
+        if ok.any() and (kind := metric_of(metric)) is not None and kind.needs == "ratings":
+            # Errors of a few hundredths apart (0.975 vs 0.992) are invisible on an axis from 0: zoom to the bars.
+            low, high = float(np.min(mean[ok] - std[ok])), float(np.max(mean[ok] + std[ok]))
+            pad = max(high - low, 1e-3) * 0.25
+            ax.set_xlim(max(low - pad, 0.0), high + pad)
         ax.set_title(metric, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=8)
@@ -226,18 +232,24 @@ def _curves(board: pd.DataFrame, runs: pd.DataFrame, labels: list[str]) -> Figur
         return None
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(11, 4.2)
-    loss_ax, val_ax = fig.subplots(1, 2)
+    # One training-loss panel per objective: a BPR loss and a squared error share no scale.
+    losses = list(dict.fromkeys(str(board["loss"].iloc[i]) if "loss" in board else "" for i, _ in curves))
+    fig = _figure(3.7 * (len(losses) + 1), 4.2)
+    *loss_axes, val_ax = fig.subplots(1, len(losses) + 1)
     for i, (train, val) in curves:
-        loss_ax.plot(train.index, train.to_numpy(), marker=".", color=f"C{i % 10}", label=labels[i])
+        loss = str(board["loss"].iloc[i]) if "loss" in board else ""
+        loss_axes[losses.index(loss)].plot(train.index, train.to_numpy(), marker=".", color=f"C{i % 10}",
+                                           label=labels[i])  # fmt: skip
         if len(val):
             val_ax.plot(val.index, val.to_numpy(), marker=".", color=f"C{i % 10}", label=labels[i])
-    for ax, title in ((loss_ax, "train/loss"), (val_ax, monitor)):
+    titles = [f"train/loss (loss={loss})" if loss else "train/loss" for loss in losses]
+    for ax, title in zip([*loss_axes, val_ax], [*titles, monitor], strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
+    handles = [h for ax in loss_axes for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 
