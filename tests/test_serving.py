@@ -59,3 +59,18 @@ def test_the_command_imports_no_torch_on_the_export_path(trained: Trained) -> No
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "movie_id,title,year,genres,score,rank" and len(lines) == 4
+
+
+def test_an_unknown_user_or_a_bad_k_is_refused_before_torch_is_imported(trained: Trained) -> None:
+    run_dir, _ = trained("mf")
+    for extra, message in ((["--user", str(10**9)], f"user {10**9} is not in the training data of"),
+                           (["--user", "1", "-k", "0"], "k must be a positive integer")):  # fmt: skip
+        code = (
+            "import sys; from recarena.cli import main\n"
+            f"try: main(['recommend', {str(run_dir)!r}, *{extra!r}])\n"
+            "except SystemExit as e: assert e.code == 2, e.code\n"
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1, proc.stderr

@@ -32,7 +32,7 @@ from recarena.data.heldout import EvalData, effective_chunk_size
 from recarena.errors import RunError, one_line
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
-from recarena.rundir import DAMAGED, checkpoint_path, is_count, read_run_data, read_run_meta
+from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta
 
 #: Columns describing a movie in every frame the API returns.
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
@@ -122,13 +122,6 @@ def resolve_movie(
     quoted = ", ".join(f'"{t}"' for t in close)  # quoted: titles such as "Lambs, The (1991)" hold commas
     hint = f"did you mean: {quoted}?" if close else 'titles are written "Title (Year)", e.g. "Toy Story (1995)"'
     raise RunError(f"no movie titled {title!r}{where}; {hint}")
-
-
-def check_k(k: Any) -> int:
-    """``k`` as an int; anything but a positive integer is a :class:`RunError`."""
-    if not is_count(k):
-        raise RunError(f"k must be a positive integer (how many movies to list), got {k!r}")
-    return int(k)
 
 
 def _as_list(values: Any) -> list[Any]:

@@ -43,6 +43,23 @@ SPLIT_FILE = "data/split.npz"
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
 
 
+def check_k(k: Any) -> int:
+    """``k`` as an int; anything but a positive integer is a :class:`RunError`."""
+    if not is_count(k):
+        raise RunError(f"k must be a positive integer (how many movies to list), got {k!r}")
+    return int(k)
+
+
+def user_ids_of(run_dir: Path) -> np.ndarray | None:
+    """The MovieLens ids of every user of the run's saved corpus (numpy only: no torch), None when unreadable (the
+    model path then names what is wrong)."""
+    try:
+        with np.load(Path(run_dir) / CORPUS_DIR / "ratings.npz") as ratings:
+            return ratings["user_ids"]
+    except DAMAGED:
+        return None
+
+
 def is_count(value: Any, minimum: int = 1) -> bool:
     """Whether ``value`` is an integer >= ``minimum`` (a bool is not: ``k=True`` is a mistake, not 1)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum

@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recarena.cli_errors import exit_on_user_error
 
     with exit_on_user_error(debug=args.debug):
+        _check_before_loading(args)
         if _answer_from_export(args):  # a known user of a run with exported vectors: no torch, no Lightning
             return 0
         from recarena.inference import load_run
@@ -69,6 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             title = f"nearest to {query}" + (f" (>= {args.min_ratings} ratings)" if args.min_ratings else "")
         show(frame, args.format, f"{title} · model={run.family} · {run.path}")
     return 0
+
+
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """A bad k or a user id the run's corpus does not hold: one line before torch and Lightning are imported (the
+    model path would take seconds to say the same)."""
+    from recarena.errors import RunError
+    from recarena.rundir import check_k, user_ids_of
+
+    check_k(args.k)
+    if args.command != "recommend" or args.user is None:
+        return
+    ids = user_ids_of(args.run_dir)
+    if ids is not None and args.user not in set(ids.tolist()):
+        raise RunError(f"user {args.user} is not in the training data of {args.run_dir} "
+                       f"(ids run from {ids.min()} to {ids.max()})")  # fmt: skip
 
 
 def _answer_from_export(args: argparse.Namespace) -> bool:
