@@ -39,7 +39,7 @@ from recarena.errors import USER_ERRORS, ConfigError, one_line
 from recarena.inference import Run, load_run
 from recarena.record import ERROR_FILE, METRICS_FILE, METRICS_FORMAT_VERSION, config_key, is_finished
 from recarena.run_config import run_hyperparameters
-from recarena.rundir import clear_run_dir, same_config, save_run_data
+from recarena.rundir import SHARED_RUN_DATA, clear_run_dir, same_config, save_run_data
 from recarena.threads import AUTO, job_threads, use_threads
 from recarena.timing import EpochTimer
 
@@ -255,7 +255,8 @@ def _save(cfg: DictConfig, finished: FinishedRun, dm: MovieLensDataModule, job: 
     then ``metrics.json``, last: from then on the run dir reads as finished."""
     output_dir, result = finished.path, finished.result
     if cfg.get("save_run_data", True):
-        save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"])
+        shared = output_dir.parent / SHARED_RUN_DATA if job.multirun and cfg.get("share_run_data", True) else None
+        save_run_data(output_dir, dm.corpus, dm.split, dm.schema, result["model"], result["loss"], shared)
         finished.load = functools.cache(lambda: load_run(output_dir))
     _after_run(cfg, finished)
     write_json(output_dir / METRICS_FILE, result)

@@ -19,7 +19,10 @@ dir, as much as its parsed corpus in the data cache; ``save_run_data=false`` ski
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import pickle
 import shutil
 import zipfile
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from recarena.atomic import write_json
+from recarena.atomic import staging_dir, write_json
 from recarena.data.corpus import Corpus
 from recarena.data.splits import Split, read_split, write_split
 from recarena.errors import RunError, one_line
@@ -39,6 +42,8 @@ from recarena.version import __version__
 RUN_FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 CORPUS_DIR = "data/corpus"
+#: In a sweep dir: the corpus and split its jobs share, hard-linked into each run dir (save_run_data).
+SHARED_RUN_DATA = ".run-data"
 SPLIT_FILE = "data/split.npz"
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
 
@@ -92,11 +97,22 @@ def same_config(run_dir: Path, resolved: dict[str, Any]) -> bool:
 
 
 
-def save_run_data(run_dir: Path, corpus: Corpus, split: Split, schema: Any, family: str, loss: str) -> None:
-    """Write the corpus, the split and ``run.json`` (last: its presence marks complete run data)."""
+def save_run_data(run_dir: Path, corpus: Corpus, split: Split, schema: Any, family: str, loss: str,
+                  shared: Path | None = None) -> None:  # fmt: skip
+    """Write the corpus, the split and ``run.json`` (last: its presence marks complete run data).
+
+    ``shared`` (the jobs of a sweep): the corpus and split are stored once there per (corpus, split) and hard-linked
+    into the run dir, copied where a link cannot be made (another filesystem); the run dir holds them either way
+    and stays self-contained, so a 24-job sweep on ML-25M costs one copy of its ~0.6 GB, not 24.
+    """
     run_dir = Path(run_dir)
-    corpus.save(run_dir / CORPUS_DIR)
-    write_split(run_dir / SPLIT_FILE, split)
+    if shared is None:
+        corpus.save(run_dir / CORPUS_DIR)
+        write_split(run_dir / SPLIT_FILE, split)
+    else:
+        store = _shared_store(Path(shared), corpus, split)
+        _link_copy(store / CORPUS_DIR, run_dir / CORPUS_DIR)
+        _link_copy(store / SPLIT_FILE, run_dir / SPLIT_FILE)
     meta = {
         "format_version": RUN_FORMAT_VERSION,
         "recarena_version": __version__,
@@ -108,6 +124,39 @@ def save_run_data(run_dir: Path, corpus: Corpus, split: Split, schema: Any, fami
         "schema": schema.to_dict(),
     }
     write_json(run_dir / RUN_FILE, meta)
+
+
+def _shared_store(shared: Path, corpus: Corpus, split: Split) -> Path:
+    """``shared/<key>``, holding the corpus and split once (written by the first job, atomically: a job that finds
+    it complete reuses it; two jobs writing at once each stage their own and the second rename is dropped)."""
+    blob = json.dumps([corpus.name, corpus.n_ratings, str(corpus.extra.get("cache_key")), split.fingerprint])
+    store = shared / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    if (store / SPLIT_FILE).is_file():
+        return store
+    with staging_dir(store) as tmp:
+        corpus.save(tmp / CORPUS_DIR)
+        write_split(tmp / SPLIT_FILE, split)
+        with contextlib.suppress(OSError):  # ENOTEMPTY: a concurrent job stored it first
+            os.replace(tmp, store)
+    return store
+
+
+def _link_copy(source: Path, target: Path) -> None:
+    """``target`` as hard links of ``source``'s files (a copy where linking fails), built beside it and renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    with staging_dir(target) as tmp:
+        for path in files:
+            dest = tmp / path.relative_to(source) if source.is_dir() else tmp / source.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, dest)
+            except OSError:  # another filesystem, no hard links there, or the link limit
+                shutil.copy2(path, dest)
+        built = tmp if source.is_dir() else tmp / source.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(built, target)
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:
