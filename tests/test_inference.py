@@ -21,8 +21,9 @@ from recarena.checks import family_presets
 from recarena.cli import main
 from recarena.data.corpus import Corpus
 from recarena.errors import RunError
-from recarena.inference import Run, resolve_movie
+from recarena.inference import Run
 from recarena.rundir import RUN_FORMAT_VERSION
+from recarena.titles import resolve_movie
 from tests.conftest import FAMILIES, FAST, TINY_DATA, Trained, compose_config
 
 
@@ -209,8 +210,9 @@ def test_titles_resolve_case_insensitively_or_say_what_was_meant(trained: Traine
     run = load_run(trained("mf")[0])
     corpus = run.corpus
     title = corpus.display_titles().iloc[7]  # "Synthetic Movie 8 (1987)"
-    assert resolve_movie(corpus, title.lower()) == 7 and resolve_movie(corpus, f"  {title.upper()} ") == 7
-    assert resolve_movie(corpus, movie_id=int(corpus.item_ids[7])) == 7
+    items = corpus.item_table
+    assert resolve_movie(items, title.lower()) == 7 and resolve_movie(items, f"  {title.upper()} ") == 7
+    assert resolve_movie(items, movie_id=int(corpus.item_ids[7])) == 7
     with pytest.raises(RunError, match=rf'no movie titled .*; did you mean: "{title[:-7]}.*"'):
         run.similar(title.replace("(", "(1"), k=3)
     with pytest.raises(RunError, match="movie id 999999 is not in the catalogue"):

@@ -74,3 +74,36 @@ def test_an_unknown_user_or_a_bad_k_is_refused_before_torch_is_imported(trained:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("family", ["mf", "twotower_logq", "siamese", "ials"])
+def test_similar_from_the_export_answers_as_the_model_does(trained: Trained, family: str) -> None:
+    from recarena.serving import similar_from_export
+
+    run_dir, _ = trained(family)
+    run = load_run(run_dir)
+    if not run.model.compares_items():
+        assert similar_from_export(run_dir, None, int(run.corpus.item_ids[0]), k=5) is None
+        return
+    for index in (0, 3, 11):
+        movie_id = int(run.corpus.item_ids[index])
+        fast, manifest = similar_from_export(run_dir, None, movie_id, k=6, min_ratings=2)
+        slow = run.similar(movie_id=movie_id, k=6, min_ratings=2)
+        assert fast["movie_id"].tolist() == slow["movie_id"].tolist(), (family, movie_id)
+        np.testing.assert_allclose(fast["score"], slow["score"], rtol=1e-4, atol=1e-5)
+    title = run.corpus.display_titles().iloc[3]
+    assert similar_from_export(run_dir, title, None, k=4)[0]["movie_id"].tolist() == run.similar(title, k=4)[
+        "movie_id"].tolist()  # fmt: skip
+
+
+def test_similar_imports_no_torch_on_the_export_path(trained: Trained) -> None:
+    run_dir, _ = trained("mf")
+    movie = int(load_run(run_dir).corpus.item_ids[2])
+    code = (
+        "import sys; from recarena.cli import main; "
+        f"code = main(['similar', {str(run_dir)!r}, '--movie-id', '{movie}', '-k', '3', '--format', 'csv']); "
+        "assert code == 0; assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 4  # header + 3 movies

@@ -33,6 +33,7 @@ from recarena.errors import RunError, one_line
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
 from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta
+from recarena.titles import resolve_movie
 
 #: Columns describing a movie in every frame the API returns.
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
@@ -88,40 +89,6 @@ def _load_weights(model: RecommenderModule, path: Path) -> None:
     except RuntimeError as err:  # size mismatch or missing keys
         raise RunError(f"{path} does not fit the model of {path.parent.parent / 'config.yaml'} "
                        f"({one_line(err)}): restore the run's config.yaml or retrain") from None  # fmt: skip
-
-
-def resolve_movie(
-    corpus: Corpus, title: str | None = None, movie_id: int | None = None, where: str = "",
-    by_id: str = "--movie-id ID, or movie_id=ID",
-) -> int:  # fmt: skip
-    """Item index of a movie given as ``"Title (Year)"`` (case-insensitive; a title without the year when it is
-    unique) or as a MovieLens movie id. No match: an error with up to three close titles; several: an error
-    listing them with their ids (and ``by_id``, how to give a movie by its id)."""
-    where = f" in {where}" if where else ""
-    if (title is None) == (movie_id is None):
-        raise RunError("give a movie as a title or as a movie id (one of the two)")
-    ids = corpus.item_ids
-    if movie_id is not None:
-        hits = np.flatnonzero(ids == int(movie_id))
-        if not len(hits):
-            raise RunError(f"movie id {movie_id} is not in the catalogue{where} (ids run from {ids.min()} to {ids.max()})")
-        return int(hits[0])
-    display = corpus.display_titles().fillna("")
-    folded = display.str.casefold()
-    wanted = " ".join(str(title).split()).casefold()
-    hits = np.flatnonzero((folded == wanted).to_numpy())
-    if not len(hits):  # "Toy Story" for "Toy Story (1995)" when only one movie has that title
-        hits = np.flatnonzero((corpus.item_table["title"].str.casefold() == wanted).to_numpy())
-    if len(hits) == 1:
-        return int(hits[0])
-    if len(hits) > 1:
-        listing = "; ".join(f"{display.iloc[i]} (id {ids[i]})" for i in hits[:10])
-        raise RunError(f"{title!r} matches {len(hits)} movies{where}: {listing}; pick one by its id ({by_id})")
-    unique = dict(zip(folded, display, strict=True))
-    close = [unique[m] for m in difflib.get_close_matches(wanted, list(unique), n=3, cutoff=0.6)]
-    quoted = ", ".join(f'"{t}"' for t in close)  # quoted: titles such as "Lambs, The (1991)" hold commas
-    hint = f"did you mean: {quoted}?" if close else 'titles are written "Title (Year)", e.g. "Toy Story (1995)"'
-    raise RunError(f"no movie titled {title!r}{where}; {hint}")
 
 
 def _as_list(values: Any) -> list[Any]:
@@ -287,7 +254,7 @@ class Run:
         trained to (``model.predicts_ratings``: the RMSE the run reports is of these), else the ranking score
         ``recommend`` orders by. A movie the user rated is predicted too (recommend leaves those out)."""
         index = int(self.user_indices([user])[0])
-        item = resolve_movie(self.corpus, movie, movie_id, where=str(self.path))
+        item = resolve_movie(self.corpus.item_table, movie, movie_id, where=str(self.path))
         device = self.model.device
         users = torch.tensor([index], device=device)
         if self.model.predicts_ratings:
@@ -308,7 +275,7 @@ class Run:
             raise RunError(
                 f"model={self.family} has no item embeddings to compare movies with; similar() works with runs of {able}"
             )
-        query = resolve_movie(self.corpus, title, movie_id, where=str(self.path))
+        query = resolve_movie(self.corpus.item_table, title, movie_id, where=str(self.path))
         with torch.no_grad():
             similarity = self.model.similar_items(query).float().cpu()  # (n_items,)
         exclude = torch.from_numpy(self.datamodule.item_popularity < min_ratings)
@@ -334,8 +301,8 @@ class Run:
             raise RunError(f"model={self.family} scores only users seen in training; made-up users work with: {able}")
         where = str(self.path)
         by_id = "--liked-id ID, or liked_ids=[ID]"
-        found = [resolve_movie(self.corpus, title=t, where=where, by_id=by_id) for t in _as_list(liked)]
-        found += [resolve_movie(self.corpus, movie_id=i, where=where) for i in _as_list(liked_ids)]
+        found = [resolve_movie(self.corpus.item_table, title=t, where=where, by_id=by_id) for t in _as_list(liked)]
+        found += [resolve_movie(self.corpus.item_table, movie_id=i, where=where) for i in _as_list(liked_ids)]
         items = np.asarray(list(dict.fromkeys(found)), dtype=np.int64)  # in the order given, each movie once
         preference = np.zeros(len(self.corpus.genre_names), dtype=np.int8)  # +1 liked, -1 disliked genre
         likes = self._genre_columns(_as_list(likes_genre))

@@ -32,7 +32,7 @@ from recarena.errors import RunError
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics
 from recarena.inference import Run, families_that
 from recarena.rundir import checkpoint_path, is_count
-from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, checkpoint_stamp, read_embeddings
+from recarena.serving import EMBEDDING, EXPORT_FORMAT_VERSION, SIMILARITY, checkpoint_stamp, read_embeddings
 
 if TYPE_CHECKING:
     from recarena.run import FinishedRun
@@ -244,13 +244,18 @@ def vector_similarity(loss: Any) -> str:
     return str(loss.similarity)
 
 
-def _vector_table(ids: pd.DataFrame, vectors: np.ndarray) -> Any:
-    """A pyarrow table of ``ids``' columns plus ``embedding``, a ``fixed_size_list<float32>[D]`` column."""
+def _vector_table(ids: pd.DataFrame, vectors: np.ndarray, similarity: np.ndarray | None = None) -> Any:
+    """A pyarrow table of ``ids``' columns plus ``embedding`` (and ``similarity``), ``fixed_size_list<float32>``
+    columns."""
     import pyarrow as pa
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    return pa.Table.from_pandas(ids, preserve_index=False).append_column(EMBEDDING, column)
+    table = pa.Table.from_pandas(ids, preserve_index=False)
+    for name, matrix in ((EMBEDDING, vectors), (SIMILARITY, similarity)):
+        if matrix is not None:
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            table = table.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)),
+                                                                                 matrix.shape[1]))  # fmt: skip
+    return table
 
 
 def _doc(method: Any) -> str:
@@ -322,9 +327,11 @@ def _write_item_vectors(run: Run, path: Path) -> tuple[int, int]:
 
     with torch.no_grad():
         items = run.model.item_embeddings().detach().float().cpu().numpy()  # (n_items, D)
+        similar = run.model.item_similarity_vectors() if run.model.compares_items() else None
+    similar = None if similar is None else similar.detach().float().cpu().numpy()  # what `similar` compares
     item_stats = _item_stats(run)[["movie_id", "title", "year", "genres", "n_ratings"]]
     with atomic_file(path, "wb") as handle:
-        pq.write_table(_vector_table(item_stats, items), handle)
+        pq.write_table(_vector_table(item_stats, items, similar), handle)
     return items.shape[0], items.shape[1]
 
 

@@ -28,22 +28,26 @@ import numpy as np
 import pandas as pd
 
 EXPORT_DIR, MANIFEST = "export", "manifest.json"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 EMBEDDING = "embedding"  # the fixed-size list column of the exported parquet files
+#: items.parquet's vectors whose cosine is the family's movie similarity (``similar``): MF's factors without
+#: the bias columns of ``embedding``; absent for a family that cannot compare movies.
+SIMILARITY = "similarity"
 #: An export that cannot answer: a file missing or damaged (pyarrow's errors are OSError / ValueError), a user it
 #: does not hold (LookupError), the corpus's ratings.npz truncated (zipfile.BadZipFile, EOFError).
 _UNUSABLE = (OSError, ValueError, LookupError, EOFError, zipfile.BadZipFile)
 
 
-def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """An exported parquet file as (its id columns, the ``(N, D)`` float32 embedding matrix), e.g.
+def read_embeddings(path: str | Path, column: str = EMBEDDING) -> tuple[pd.DataFrame, np.ndarray]:
+    """An exported parquet file as (its id columns, the ``(N, D)`` float32 matrix of ``column``), e.g.
     ``faiss.IndexFlatIP(d).add(matrix)``; the matrix is the column's value buffer, reshaped (read-only)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    column = table.column(EMBEDDING).combine_chunks()
-    matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-    return table.drop_columns([EMBEDDING]).to_pandas(), matrix
+    vectors = table.column(column).combine_chunks()
+    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), vectors.type.list_size)
+    drop = [name for name in (EMBEDDING, SIMILARITY) if name in table.column_names]
+    return table.drop_columns(drop).to_pandas(), matrix
 
 
 def checkpoint_stamp(path: Path) -> dict[str, int]:
@@ -96,6 +100,31 @@ def _recommend(run_dir: Path, manifest: dict[str, Any], user_id: int, k: int) ->
     order = np.lexsort((np.arange(len(scores)), -scores))[: min(k, int(np.isfinite(scores).sum()))]
     frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
     return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1))
+
+
+def similar_from_export(run_dir: str | Path, title: str | None, movie_id: int | None, k: int,
+                        min_ratings: int = 0) -> tuple[pd.DataFrame, dict[str, Any]] | None:  # fmt: skip
+    """``Run.similar`` from the export: the cosine of the exported similarity vectors, the movie itself and movies
+    with fewer than ``min_ratings`` training ratings left out; None when the export cannot answer. An unknown or
+    ambiguous title raises the model path's :class:`~recarena.errors.RunError`."""
+    from recarena.rundir import is_count
+    from recarena.titles import resolve_movie
+
+    run_dir = Path(run_dir)
+    manifest = fresh_manifest(run_dir)
+    if manifest is None or not is_count(k) or not is_count(min_ratings, minimum=0):
+        return None
+    try:
+        items, vectors = read_embeddings(run_dir / EXPORT_DIR / "items.parquet", SIMILARITY)
+    except _UNUSABLE:  # an export without similarity vectors (KeyError), missing or damaged
+        return None
+    query = resolve_movie(items, title, movie_id, where=str(run_dir))
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    scores = unit @ unit[query]
+    scores[(items["n_ratings"].to_numpy() < min_ratings) | (np.arange(len(scores)) == query)] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))[: min(int(k), int(np.isfinite(scores).sum()))]
+    frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
+    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1)), manifest
 
 
 def _rated_items(run_dir: Path, user_id: int) -> np.ndarray:

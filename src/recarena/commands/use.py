@@ -66,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             title = f"search: {', '.join(frame.attrs.get('descriptors', args.keywords))}"
         else:
             frame = run.similar(args.title, k=args.k, min_ratings=args.min_ratings, movie_id=args.movie_id)
-            query = args.title if args.title is not None else f"movie id {args.movie_id}"
-            title = f"nearest to {query}" + (f" (>= {args.min_ratings} ratings)" if args.min_ratings else "")
+            title = _similar_title(args)
         show(frame, args.format, f"{title} · model={run.family} · {run.path}")
     return 0
 
@@ -88,20 +87,32 @@ def _check_before_loading(args: argparse.Namespace) -> None:
 
 
 def _answer_from_export(args: argparse.Namespace) -> bool:
-    """``recommend --user ID`` answered from ``RUN_DIR/export`` (:mod:`recarena.serving`) when it can; False sends
-    the command down the model path, which also words every error."""
+    """``recommend --user ID`` and ``similar`` answered from ``RUN_DIR/export`` (:mod:`recarena.serving`) when it
+    can; False sends the command down the model path, which also words every other error."""
+    from recarena.serving import recommend_from_export, similar_from_export
+
+    if args.command == "similar":
+        answer = similar_from_export(args.run_dir, args.title, args.movie_id, args.k, args.min_ratings)
+        if answer is None:
+            return False
+        frame, manifest = answer
+        show(frame, args.format, f"{_similar_title(args)} · model={manifest['family']} · {args.run_dir}")
+        return True
     if args.command != "recommend" or args.user is None:
         return False
     if args.liked or args.liked_id or args.likes_genre or args.dislikes_genre:  # refused by the model path
         return False
-    from recarena.serving import recommend_from_export
-
     answer = recommend_from_export(args.run_dir, args.user, args.k)
     if answer is None:
         return False
     frame, manifest = answer
     show(frame, args.format, f"top {args.k} for user {args.user} · model={manifest['family']} · {args.run_dir}")
     return True
+
+
+def _similar_title(args: argparse.Namespace) -> str:
+    query = args.title if args.title is not None else f"movie id {args.movie_id}"
+    return f"nearest to {query}" + (f" (>= {args.min_ratings} ratings)" if args.min_ratings else "")
 
 
 def _recommend_title(args: argparse.Namespace) -> str:

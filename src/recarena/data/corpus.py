@@ -23,6 +23,7 @@ import pandas as pd
 
 from recarena.atomic import staging_dir
 from recarena.errors import DataError
+from recarena.titles import display_titles
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,7 @@ class Corpus:
 
     def display_titles(self) -> pd.Series:
         """``"Title (Year)"`` as MovieLens writes it; the title alone when the year is unknown."""
-        year = self.item_table["year"].astype("string")
-        title = self.item_table["title"].astype("string")
-        return (title + " (" + year + ")").fillna(title)
+        return display_titles(self.item_table)
 
     def subset(self, rows: np.ndarray, name: str | None = None) -> Corpus:
         """Keep only the given rating rows and re-index users and items contiguously.
