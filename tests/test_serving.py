@@ -47,12 +47,14 @@ def test_no_answer_sends_the_command_down_the_model_path(trained: Trained, tmp_p
     assert recommend_from_export(copy, user, k=5) is None
 
 
-def test_the_command_imports_no_torch_on_the_export_path(trained: Trained) -> None:
+@pytest.mark.parametrize("command", ["recommend", "similar"])
+def test_the_command_imports_no_torch_on_the_export_path(trained: Trained, command: str) -> None:
     run_dir, _ = trained("mf")
-    user = int(load_run(run_dir).corpus.user_ids[0])
+    corpus = load_run(run_dir).corpus
+    which = ["--user", str(corpus.user_ids[0])] if command == "recommend" else ["--movie-id", str(corpus.item_ids[2])]
     code = (
         "import sys; from recarena.cli import main; "
-        f"code = main(['recommend', {str(run_dir)!r}, '--user', '{user}', '-k', '3', '--format', 'csv']); "
+        f"code = main([{command!r}, {str(run_dir)!r}, *{which!r}, '-k', '3', '--format', 'csv']); "
         "assert code == 0; assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -94,16 +96,3 @@ def test_similar_from_the_export_answers_as_the_model_does(trained: Trained, fam
     title = run.corpus.display_titles().iloc[3]
     assert similar_from_export(run_dir, title, None, k=4)[0]["movie_id"].tolist() == run.similar(title, k=4)[
         "movie_id"].tolist()  # fmt: skip
-
-
-def test_similar_imports_no_torch_on_the_export_path(trained: Trained) -> None:
-    run_dir, _ = trained("mf")
-    movie = int(load_run(run_dir).corpus.item_ids[2])
-    code = (
-        "import sys; from recarena.cli import main; "
-        f"code = main(['similar', {str(run_dir)!r}, '--movie-id', '{movie}', '-k', '3', '--format', 'csv']); "
-        "assert code == 0; assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 4  # header + 3 movies
