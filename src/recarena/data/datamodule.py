@@ -89,6 +89,9 @@ class MovieLensDataModule(L.LightningDataModule):
         self.corpus: Corpus | None = None
         self.split: Split | None = None
         self.stats: dict[str, Any] = {}
+        #: What a family derives from this corpus and split once for training and evaluation alike (the siamese
+        #: descriptors and triplets), keyed by what it depends on; emptied when another corpus or split is used.
+        self.derived: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
@@ -118,6 +121,7 @@ class MovieLensDataModule(L.LightningDataModule):
         :func:`recarena.inference.load_run` what a run dir saved, so a loaded run sees exactly what training saw."""
         self.split = split
         self.corpus = corpus
+        self.derived = {}
         self.stats = split_stats(corpus, self.split)
         self.stats["dropped_rows"] = corpus.n_dropped
         self.stats["duplicate_rows"] = corpus.n_duplicates

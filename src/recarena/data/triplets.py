@@ -253,25 +253,21 @@ class TripletData:
 
 
 def descriptor_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> tuple[sp.csr_matrix, list[str]]:
-    """The corpus's item descriptors and vocabulary (:func:`item_descriptors`), cached on ``dm``: all that scoring
-    needs, where training also needs :func:`triplet_data`."""
-    opts = options or MiningOptions.from_config(getattr(dm, "view_options", None))
-    if not hasattr(dm, "descriptor_cache"):
-        dm.descriptor_cache = {}
+    """The corpus's item descriptors and vocabulary (:func:`item_descriptors`), kept in ``dm.derived``: all that
+    scoring needs, where training also needs :func:`triplet_data`."""
+    opts = options or MiningOptions.from_config(dm.view_options)
     check_genome(dm.corpus, dm.split, opts.genome_k, opts.allow_future_item_features)
-    key = (opts.genome_k, opts.tags_k, dm.split.fingerprint if dm.split is not None else None)
-    if key not in dm.descriptor_cache:
-        dm.descriptor_cache[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k, dm.split)
-    return dm.descriptor_cache[key]
+    key = ("descriptors", opts.genome_k, opts.tags_k)
+    if key not in dm.derived:
+        dm.derived[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k, dm.split)
+    return dm.derived[key]
 
 
 def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> TripletData:
-    """Descriptors and mined triplets of the datamodule's split (training ratings only), cached on ``dm``."""
-    opts = options or MiningOptions.from_config(getattr(dm, "view_options", None))
-    if not hasattr(dm, "triplet_cache"):
-        dm.triplet_cache = {}
-    cache = dm.triplet_cache
-    key = replace(opts, encoding="multi_hot")  # descriptors and triplets are the same for every encoding
+    """Descriptors and mined triplets of the datamodule's split (training ratings only), kept in ``dm.derived``."""
+    opts = options or MiningOptions.from_config(dm.view_options)
+    cache = dm.derived
+    key = ("triplets", replace(opts, encoding="multi_hot"))  # the same triplets for every encoding
     if key not in cache:
         x, vocabulary = descriptor_data(dm, opts)
         liked = None
