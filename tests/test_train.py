@@ -333,6 +333,18 @@ def test_debug_tiny_checks_a_config_end_to_end_in_seconds(tmp_path: Path, data_c
     assert f"run dir: {run_dir}" in proc.stdout
 
 
+def test_debug_overfit_drives_the_training_loss_down_on_the_same_few_batches(make_cfg) -> None:
+    """debug=overfit: the same batches every epoch (no reshuffle), no early stopping; MF's squared error on them
+    falls far below where it started (with optimizer.lr=0 it would not move)."""
+    cfg = make_cfg("debug=overfit", "model=mf", "trainer.max_epochs=25", "optimizer.lr=0.02", fast=False)
+    assert cfg.shuffle is False and cfg.trainer.overfit_batches == 4 and cfg.callbacks.early_stopping is None
+    result = train(cfg)
+    assert result["epochs"] == 25
+    log = pd.read_csv(Path(cfg.hydra.runtime.output_dir) / "csv" / "metrics.csv")
+    losses = log["train/loss"].dropna().to_numpy()
+    assert len(losses) == 25 and losses[-1] < 0.3 * losses[0], losses
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

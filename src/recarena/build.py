@@ -40,6 +40,7 @@ def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | Non
         view=view,
         user_chunk=int(cfg.eval.user_chunk),
         minibatches_per_step=int(cfg.minibatches_per_step),
+        shuffle=bool(cfg.get("shuffle", True)),
         positive_threshold=positive_threshold,
         view_options=OmegaConf.to_container(cfg.model, resolve=True),
         max_eval_users=cfg.eval.get("max_users"),

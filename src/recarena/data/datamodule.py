@@ -51,6 +51,7 @@ class MovieLensDataModule(L.LightningDataModule):
         positive_threshold: ranking losses' positives are training ratings >= this (None = all).
         user_chunk: users per evaluation batch (scores are user_chunk x n_items).
         minibatches_per_step: optimiser steps per Lightning training step (see :class:`ShuffledBatches`).
+        shuffle: reshuffle the training rows every epoch (False: one fixed order, as debug=overfit needs).
         view_options: the family's options a view may read (the ``model=`` config; e.g. how ``triplets`` are mined).
         max_eval_users: score a seeded random sample of this many users in validation and test (``eval.max_users``;
             None = every user with a held-out rating). The sample depends on the split and seed only, so every
@@ -68,6 +69,7 @@ class MovieLensDataModule(L.LightningDataModule):
         view: str = "pairs",
         user_chunk: int = 2048,
         minibatches_per_step: int = 8,
+        shuffle: bool = True,
         positive_threshold: float | None = None,
         view_options: Mapping[str, Any] | None = None,
         max_eval_users: int | None = None,
@@ -86,6 +88,7 @@ class MovieLensDataModule(L.LightningDataModule):
         self.view = view
         self.user_chunk = user_chunk
         self.minibatches_per_step = minibatches_per_step
+        self.shuffle = shuffle
         self.corpus: Corpus | None = None
         self.split: Split | None = None
         self.stats: dict[str, Any] = {}
@@ -191,7 +194,8 @@ class MovieLensDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         group = self.minibatches_per_step if world == 1 else 1
         return ShuffledBatches(
-            self.train_tensors, self.batch_size, seed=self.seed, rank=rank, world_size=world, group=group
+            self.train_tensors, self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world,
+            group=group,
         )
 
     def optimizer_steps(self, epochs: int) -> int:
