@@ -211,6 +211,25 @@ def test_custom_ratings_file_trains(make_cfg, tmp_path: Path) -> None:
     assert "test/rmse" in result["test"]
 
 
+def test_implicit_feedback_trains_ranking_families_and_refuses_rating_losses(make_cfg, tmp_path: Path) -> None:
+    """A file of interactions without ratings (data.rating_col=null): every row a positive and every held-out one
+    relevant; MF trains on them with BPR, and MF's squared error is refused at start-up."""
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "mine", "custom", n_users=60, n_items=40, n_ratings=1500)
+    ratings = pd.read_csv(root / "ratings.csv")
+    ratings[ratings["rating"] >= 3.5].drop(columns="rating").to_csv(root / "clicks.csv", index=False)
+    data = ["data=custom", f"data.path={root / 'clicks.csv'}", "data.rating_col=null"]
+    with pytest.raises(ConfigError, match=r"data.rating_col=null \(implicit feedback\) has no ratings for "
+                                          r"loss=mse to fit: use a ranking loss \(.*bpr"):  # fmt: skip
+        train(make_cfg("model=mf", *data, tiny=False))
+    result = train(make_cfg("model=mf", "loss=bpr", *data, tiny=False))
+    users, relevant = result["eval_users"]["test"], result["test"]["test/users_ranked"]
+    assert relevant == users[0] > 0  # every held-out interaction is relevant: every test user is ranked
+    assert "test/rmse" not in result["test"]
+    assert result["dataset"]["ratings"] == int((ratings["rating"] >= 3.5).sum())
+
+
 @pytest.mark.parametrize(("layout", "release"), [("csv", "ml-latest-small"), ("ml-1m", "ml-1m")])
 def test_downloaded_release_in_data_root_trains(make_cfg, tmp_path: Path, layout: str, release: str) -> None:
     from tests.data_factories import write_release

@@ -69,6 +69,21 @@ def check_model_and_loss(cfg: DictConfig) -> None:
         )
 
 
+def check_implicit(cfg: DictConfig) -> None:
+    """Implicit feedback (``data.rating_col=null``) has no ratings to fit: refuse a loss that needs them."""
+    if "rating_col" not in cfg.data or cfg.data.get("rating_col"):
+        return
+    loss_cls = get_class(cfg.loss._target_)
+    if "ratings" in loss_cls.needs:
+        fits = [name for name in compatible_losses(cfg.model._target_)
+                if "ratings" not in get_class(group_targets("loss")[name]).needs]  # fmt: skip
+        raise ConfigError(
+            f"data.rating_col=null (implicit feedback) has no ratings for loss={option_name(cfg, 'loss')} to fit: "
+            f"use a ranking loss ({', '.join(fits) or 'none fits model=' + option_name(cfg, 'model')}), or name "
+            "the rating column with data.rating_col."
+        )
+
+
 def check_split(cfg: DictConfig) -> None:
     model_cls = get_class(cfg.model._target_)
     if cfg.split.name == "users" and model_cls.needs_user_ids:
@@ -257,6 +272,7 @@ def check_config(cfg: DictConfig) -> None:
     """Run every start-up check; raises :class:`ConfigError` on the first problem."""
     check_resume(cfg)
     check_model_and_loss(cfg)
+    check_implicit(cfg)
     check_ranges(cfg)
     check_split_options(cfg)
     check_split(cfg)

@@ -300,20 +300,28 @@ def read_genome(scores_path: Path, tags_path: Path, top_k: int = GENOME_TOP_K) -
 # ---------------------------------------------------------------------------------------------- custom
 def parse_custom(
     path: Path, *, items_path: Path | None = None, sep: str = ",", user_col: str = "userId",
-    item_col: str = "movieId", rating_col: str = "rating", timestamp_col: str | None = "timestamp",
+    item_col: str = "movieId", rating_col: str | None = "rating", timestamp_col: str | None = "timestamp",
     title_col: str = "title", genres_col: str | None = "genres", genres_sep: str = "|",
     scale: RatingScale = HALF_STARS, name: str = "custom",
 ) -> Corpus:  # fmt: skip
-    """A user's own ratings file (and optional items file); column names come from ``conf/data/custom.yaml``."""
+    """A user's own ratings file (and optional items file); column names come from ``conf/data/custom.yaml``.
+
+    ``rating_col=None``: implicit feedback, every row an interaction. Each is given the scale's top rating, so
+    every ranking loss takes it as a positive and every held-out one is relevant (whatever the thresholds); the
+    losses that fit ratings are refused at start-up (:func:`recarena.checks.check_implicit`).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ratings file not found; set data.path=<your ratings file>.")
-    cols = {user_col: pa.int64(), item_col: pa.int64(), rating_col: pa.float32()}
-    opts = {user_col: "data.user_col", item_col: "data.item_col", rating_col: "data.rating_col"}
-    if timestamp_col:
-        cols[timestamp_col], opts[timestamp_col] = None, "data.timestamp_col"
+    cols = {user_col: pa.int64(), item_col: pa.int64()}
+    opts = {user_col: "data.user_col", item_col: "data.item_col"}
+    for column, kind, option in ((rating_col, pa.float32(), "data.rating_col"),
+                                 (timestamp_col, None, "data.timestamp_col")):  # fmt: skip
+        if column:
+            cols[column], opts[column] = kind, option
     raw = _no_empty(read_delimited(path, cols, sep=sep, options=opts), path)
-    ratings = pd.DataFrame({"user_id": raw[user_col], "movie_id": raw[item_col], "rating": raw[rating_col]})
+    rating = raw[rating_col] if rating_col else np.full(len(raw), scale.high, dtype=np.float32)
+    ratings = pd.DataFrame({"user_id": raw[user_col], "movie_id": raw[item_col], "rating": rating})
     # No timestamp column: the file order is the time order (0, 1, 2, ... so time-based splits still work).
     ratings["timestamp"] = _epoch_seconds(raw[timestamp_col], path, timestamp_col) if timestamp_col else np.arange(len(raw))
     if items_path is None:
@@ -330,6 +338,7 @@ def parse_custom(
         items = _items(raw_items[item_col], raw_items[title_col], pd.Series(genres, index=raw_items.index))
     corpus = build_corpus(name, _no_empty(ratings, path), items, scale, source=str(path), line_offset=2)
     corpus.extra["file_order_time"] = not timestamp_col
+    corpus.extra["implicit"] = not rating_col
     return corpus
 
 
