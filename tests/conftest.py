@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,3 +109,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> Train
         return runs[family]
 
     return get
+
+
+def global_mean_rmse(run_dir: Path) -> float:
+    """RMSE on a run's test ratings of predicting the training mean for each: the bar a rating family clears."""
+    from recarena.inference import load_run
+
+    run = load_run(run_dir)
+    ratings = np.asarray(run.corpus.ratings, dtype=np.float64)
+    return float(np.sqrt(((ratings[run.split.test] - ratings[run.split.train].mean()) ** 2).mean()))

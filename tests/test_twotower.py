@@ -4,6 +4,7 @@ and it trains end to end (rating regression, retrieval losses, held-out users, h
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from recarena.losses import MSELoss
 from recarena.models.twotower import TwoTower
 from recarena.run import train
 from recarena.schema import Schema
-from tests.conftest import ml100k_cache
+from tests.conftest import global_mean_rmse, ml100k_cache
 from tests.test_features import feature_corpus
 
 
@@ -117,10 +118,13 @@ def test_hashing_logs_its_collision_rate(data, caplog) -> None:
 
 
 # ------------------------------------------------------------------------------------------- end to end
-def test_trains_as_rating_regression(make_cfg) -> None:
+def test_trains_as_rating_regression(make_cfg, tmp_path: Path) -> None:
+    """Four epochs on the latent-factor synthetic ratings beat predicting the training mean by a clear margin
+    (0.79 against 0.97 when written; an optimiser that did nothing would not)."""
     result = train(make_cfg("model=twotower", "trainer.max_epochs=4"))
     assert result["model"] == "twotower" and result["loss"] == "mse"
-    assert 0.3 < result["test"]["test/rmse"] < 1.2 and 0 <= result["test"]["test/ndcg@10"] <= 1
+    bar = global_mean_rmse(tmp_path / "run")
+    assert result["test"]["test/rmse"] < 0.9 * bar, (result["test"]["test/rmse"], bar)
 
 
 @pytest.mark.parametrize(
