@@ -16,9 +16,10 @@ from recarena.losses import MSELoss
 from recarena.models import mlp as mlp_module
 from recarena.models.mlp import CollabMLP, embedding_size
 from recarena.optim import SparseDenseAdam, split_sparse_dense
+from recarena.paths import CONF_DIR
 from recarena.run import train
 from recarena.schema import Schema
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import compose_config
 
 SCHEMA = Schema(n_users=13, n_items=11, rating_low=1.0, rating_high=5.0, global_mean=3.5)
 HIDDEN = [[], [16], [16, 8]]
