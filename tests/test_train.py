@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -224,6 +225,37 @@ def test_custom_ratings_file_trains(make_cfg, tmp_path: Path) -> None:
                             tiny=False))
     assert result["data"] == "custom" and result["dataset"]["users"] == 40
     assert "test/rmse" in result["test"]
+
+
+def test_text_ids_are_numbered_and_answered_by_their_text(make_cfg, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A file whose user and item ids are text: the ids are numbered, the texts kept, and `recommend --user alice`
+    answers (on the export path and on the model path alike); an unknown text is one line, exit 2."""
+    from recarena.cli import main as cli
+    from recarena.inference import load_run
+    from tests.data_factories import write_release
+
+    root = write_release(tmp_path / "mine", "custom", n_users=40, n_items=30, n_ratings=600)
+    ratings = pd.read_csv(root / "ratings.csv")
+    ratings["userId"] = "user-" + ratings["userId"].astype(str)
+    ratings["movieId"] = "item-" + ratings["movieId"].astype(str)
+    ratings.to_csv(root / "text.csv", index=False)
+    train(make_cfg("model=mf", "data=custom", f"data.path={root / 'text.csv'}", tiny=False))
+    run = load_run(tmp_path / "run")
+    assert run.corpus.user_table["user_key"].str.startswith("user-").all() and run.corpus.n_users == 40
+    someone = str(run.corpus.user_table["user_key"].iloc[run.corpus.users[run.split.train][0]])
+    api = run.recommend(user=someone, k=5)
+    assert api["title"].str.startswith("item-").all() and len(api) == 5  # items known by their text
+    for export in (True, False):
+        if not export:
+            subprocess.run(["rm", "-r", str(tmp_path / "run" / "export")], check=True)
+        assert cli(["recommend", str(tmp_path / "run"), "--user", someone, "-k", "5", "--format", "csv"]) == 0
+        answer = pd.read_csv(io.StringIO(capsys.readouterr().out))
+        assert answer["movie_id"].tolist() == api["movie_id"].tolist()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["recommend", str(tmp_path / "run"), "--user", "user-nobody"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: user 'user-nobody' is not in the training data of {tmp_path / 'run'}"
 
 
 def test_implicit_feedback_trains_ranking_families_and_refuses_rating_losses(make_cfg, tmp_path: Path) -> None:

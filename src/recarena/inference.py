@@ -32,7 +32,7 @@ from recarena.data.heldout import EvalData, effective_chunk_size
 from recarena.errors import RunError, one_line
 from recarena.evaluation.ranking import exclusion_mask, topk_items
 from recarena.models.base import RecommenderModule
-from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta
+from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta, user_codes
 from recarena.titles import resolve_movie
 
 #: Columns describing a movie in every frame the API returns.
@@ -151,9 +151,10 @@ class Run:
     def _user_index(self) -> pd.Index:
         return pd.Index(self.corpus.user_ids)
 
-    def user_indices(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Corpus indices of MovieLens user ids; an unknown one is an error naming the id range."""
-        ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    def user_indices(self, user_ids: Sequence[int | str] | np.ndarray) -> np.ndarray:
+        """Corpus indices of user ids (MovieLens ids; for a file with text ids, the text, e.g. ``"alice"``); an
+        unknown one is an error naming the id range."""
+        ids = user_codes(self.corpus.user_table, user_ids, str(self.path))
         index = self._user_index.get_indexer(ids)
         ok = index >= 0
         ok[ok] = self._scorable[index[ok]]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from recarena.atomic import staging_dir, write_json
 from recarena.data.corpus import Corpus
@@ -53,6 +54,33 @@ def check_k(k: Any) -> int:
     if not is_count(k):
         raise RunError(f"k must be a positive integer (how many movies to list), got {k!r}")
     return int(k)
+
+
+def user_codes(user_table: Any, users: Any, where: str) -> np.ndarray:
+    """User ids as the corpus's integer ids: a text id (a file with text ids keeps them as ``user_table.user_key``)
+    through that map, an integer as it is."""
+    values = np.asarray(users, dtype=object).reshape(-1)
+    keys = None if user_table is None or "user_key" not in user_table else user_table
+    if keys is None:
+        try:
+            return values.astype(np.int64)
+        except (TypeError, ValueError):
+            raise RunError(f"user ids of {where} are integers, got {values[0]!r}") from None
+    lookup = dict(zip(keys["user_key"].astype(str), keys["user_id"].astype(np.int64), strict=True))
+    codes = [lookup.get(str(v)) if isinstance(v, str) else int(v) for v in values]
+    if None in codes:
+        raise RunError(f"user {values[codes.index(None)]!r} is not in the training data of {where}")
+    return np.asarray(codes, dtype=np.int64)
+
+
+def user_code(run_dir: Path, user: str) -> int:
+    """``--user TEXT`` of a command as the run's integer user id, read with pandas only (no torch): the text id of a
+    file with text ids, else the integer itself."""
+    path, table = Path(run_dir) / CORPUS_DIR / "users.parquet", None
+    if path.is_file():
+        with contextlib.suppress(*DAMAGED):
+            table = pd.read_parquet(path)
+    return int(user_codes(table, [str(user)], str(run_dir))[0])
 
 
 def user_ids_of(run_dir: Path) -> np.ndarray | None:

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     recommend = sub.add_parser("recommend", help="top-K movies a user (of the training data, or made up) has not rated")
     recommend.add_argument("run_dir", type=Path, help="a run dir written by train.py")
-    recommend.add_argument("--user", type=int, help="user id as in the MovieLens files")
+    recommend.add_argument("--user", help="user id as in the ratings file (a number, or the text of a file with text ids)")
     made_up = recommend.add_argument_group("a made-up user (twotower, siamese), instead of --user")
     made_up.add_argument("--liked", action="append", default=[], metavar="TITLE", help='a liked "Title (Year)"')
     made_up.add_argument("--liked-id", action="append", default=[], type=int, metavar="ID", help="a liked movie id")
@@ -75,11 +75,12 @@ def _check_before_loading(args: argparse.Namespace) -> None:
     """A bad k or a user id the run's corpus does not hold: one line before torch and Lightning are imported (the
     model path would take seconds to say the same)."""
     from recarena.errors import RunError
-    from recarena.rundir import check_k, user_ids_of
+    from recarena.rundir import check_k, user_code, user_ids_of
 
     check_k(args.k)
     if args.command != "recommend" or args.user is None:
         return
+    args.user = user_code(args.run_dir, args.user)  # the run's integer id (text ids through the saved map)
     ids = user_ids_of(args.run_dir)
     if ids is not None and args.user not in set(ids.tolist()):
         raise RunError(f"user {args.user} is not in the training data of {args.run_dir} "

@@ -306,6 +306,10 @@ def parse_custom(
 ) -> Corpus:  # fmt: skip
     """A user's own ratings file (and optional items file); column names come from ``conf/data/custom.yaml``.
 
+    Ids may be any text (``alice``, ``B00X4``): ids that are not all integers are numbered 1..n in sorted order,
+    and the text is kept (users: ``user_table.user_key``, so ``recommend --user alice`` works; items: the title
+    when no items file gives one).
+
     ``rating_col=None``: implicit feedback, every row an interaction. Each is given the scale's top rating, so
     every ranking loss takes it as a positive and every held-out one is relevant (whatever the thresholds); the
     losses that fit ratings are refused at start-up (:func:`recarena.checks.check_implicit`).
@@ -313,7 +317,7 @@ def parse_custom(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ratings file not found; set data.path=<your ratings file>.")
-    cols = {user_col: pa.int64(), item_col: pa.int64()}
+    cols = {user_col: pa.string(), item_col: pa.string()}
     opts = {user_col: "data.user_col", item_col: "data.item_col"}
     for column, kind, option in ((rating_col, pa.float32(), "data.rating_col"),
                                  (timestamp_col, None, "data.timestamp_col")):  # fmt: skip
@@ -321,25 +325,56 @@ def parse_custom(
             cols[column], opts[column] = kind, option
     raw = _no_empty(read_delimited(path, cols, sep=sep, options=opts), path)
     rating = raw[rating_col] if rating_col else np.full(len(raw), scale.high, dtype=np.float32)
-    ratings = pd.DataFrame({"user_id": raw[user_col], "movie_id": raw[item_col], "rating": rating})
+    user_id, user_keys = _id_codes(raw[user_col])
+    item_keys = _item_keys(raw[item_col], items_path, item_col, sep)
+    ratings = pd.DataFrame({"user_id": user_id, "movie_id": _coded(raw[item_col], item_keys), "rating": rating})
     # No timestamp column: the file order is the time order (0, 1, 2, ... so time-based splits still work).
     ratings["timestamp"] = _epoch_seconds(raw[timestamp_col], path, timestamp_col) if timestamp_col else np.arange(len(raw))
     if items_path is None:
         ids = pd.Series(ratings["movie_id"].dropna().unique()).astype("int64")
-        items = pd.DataFrame({"movie_id": ids, "title": ids.astype(str), "year": pd.NA, "genres": "(no genres listed)"})
+        titles = ids.astype(str) if item_keys is None else ids.map(pd.Series(item_keys.index, index=item_keys.values))
+        items = pd.DataFrame({"movie_id": ids, "title": titles, "year": pd.NA, "genres": "(no genres listed)"})
     else:
-        items_path = Path(items_path)
-        if not items_path.is_file():
-            raise DataError(f"{items_path}: items file not found; fix data.items_path or set it to null.")
-        icols = {item_col: pa.int64(), title_col: pa.string()} | ({genres_col: pa.string()} if genres_col else {})
+        icols = {item_col: pa.string(), title_col: pa.string()} | ({genres_col: pa.string()} if genres_col else {})
         iopts = {item_col: "data.item_col", title_col: "data.title_col", genres_col: "data.genres_col"}
         raw_items = read_delimited(items_path, icols, sep=sep, multiline=sep == ",", options=iopts)
         genres = raw_items[genres_col].astype("string").str.replace(genres_sep, "|", regex=False) if genres_col else None
-        items = _items(raw_items[item_col], raw_items[title_col], pd.Series(genres, index=raw_items.index))
-    corpus = build_corpus(name, _no_empty(ratings, path), items, scale, source=str(path), line_offset=2)
+        movie_ids = _coded(raw_items[item_col], item_keys)
+        items = _items(movie_ids, raw_items[title_col], pd.Series(genres, index=raw_items.index))
+    users = None if user_keys is None else pd.DataFrame({"user_id": user_keys.to_numpy(), "user_key": user_keys.index})
+    corpus = build_corpus(name, _no_empty(ratings, path), items, scale, source=str(path), users=users, line_offset=2)
     corpus.extra["file_order_time"] = not timestamp_col
     corpus.extra["implicit"] = not rating_col
     return corpus
+
+
+def _id_codes(values: pd.Series, extra: pd.Series | None = None) -> tuple[pd.Series, pd.Series | None]:
+    """Integer ids as they are; any other text numbered 1..n in sorted order of the distinct texts of ``values``
+    (and ``extra``): the codes, and the text -> code map (None for integer ids)."""
+    text = values.astype("string").str.strip()
+    every = text if extra is None else pd.concat([text, extra.astype("string").str.strip()])
+    if every.dropna().str.fullmatch(r"-?\d+").all():
+        return pd.to_numeric(text, errors="coerce").astype("Int64"), None
+    keys = pd.Series(np.arange(1, every.dropna().nunique() + 1, dtype=np.int64), index=np.sort(every.dropna().unique()))
+    return text.map(keys).astype("Int64"), keys
+
+
+def _item_keys(values: pd.Series, items_path: Path | None, item_col: str, sep: str) -> pd.Series | None:
+    """The item text -> code map of :func:`_id_codes` over the ratings' and the items file's ids (None: integers)."""
+    extra = None
+    if items_path is not None:
+        if not Path(items_path).is_file():
+            raise DataError(f"{items_path}: items file not found; fix data.items_path or set it to null.")
+        extra = read_delimited(Path(items_path), {item_col: pa.string()}, sep=sep, multiline=sep == ",",
+                               options={item_col: "data.item_col"})[item_col]  # fmt: skip
+    return _id_codes(values, extra)[1]
+
+
+def _coded(values: pd.Series, keys: pd.Series | None) -> pd.Series:
+    """Ids as integers: through ``keys`` (text ids), else parsed."""
+    if keys is None:
+        return pd.to_numeric(values.astype("string").str.strip(), errors="coerce").astype("Int64")
+    return values.astype("string").str.strip().map(keys).astype("Int64")
 
 
 def _epoch_seconds(col: pd.Series, path: Path, name: str) -> pd.Series:
