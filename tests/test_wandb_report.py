@@ -161,10 +161,10 @@ def test_wandb_sweep_example_composes_into_a_train_command(tmp_path: Path) -> No
     from omegaconf import OmegaConf
 
     from recarena.benchmark import search_space
-    from recarena.checks import CONF_DIR, check_config
+    from recarena.checks import check_config
     from tests.conftest import compose_config
 
-    sweep = OmegaConf.to_container(OmegaConf.load(CONF_DIR.parent / "docs" / "wandb_sweep.yaml"))
+    sweep = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "docs" / "wandb_sweep.yaml"))
     assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
     assert set(sweep["parameters"]) <= set(search_space("mf_bpr"))
     proposed = {key: spec["values"][-1] if "values" in spec else spec["max"]
