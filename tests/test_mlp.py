@@ -19,7 +19,7 @@ from recarena.optim import SparseDenseAdam, split_sparse_dense
 from recarena.paths import CONF_DIR
 from recarena.run import train
 from recarena.schema import Schema
-from tests.conftest import compose_config
+from tests.conftest import compose_config, global_mean_rmse
 
 SCHEMA = Schema(n_users=13, n_items=11, rating_low=1.0, rating_high=5.0, global_mean=3.5)
 HIDDEN = [[], [16], [16, 8]]
@@ -128,11 +128,13 @@ def test_sparse_adam_updates_only_touched_rows() -> None:
 
 
 def test_mlp_trains_end_to_end(make_cfg, tmp_path: Path) -> None:
-    result = train(make_cfg("model=mlp"))
+    """Ten epochs on the latent-factor synthetic ratings beat predicting the training mean by a clear margin (0.74
+    against 0.97 when written; an optimiser that did nothing would not)."""
+    result = train(make_cfg("model=mlp", "trainer.max_epochs=10"))
     assert (tmp_path / "run" / "metrics.json").exists()
-    assert result["model"] == "mlp" and result["loss"] == "mse"
-    assert 0.3 < result["test"]["test/rmse"] < 2.0 and "val/rmse" in result["val"]
-    assert 0 <= result["test"]["test/ndcg@10"] <= 1
+    assert result["model"] == "mlp" and result["loss"] == "mse" and "val/rmse" in result["val"]
+    bar = global_mean_rmse(tmp_path / "run")
+    assert result["test"]["test/rmse"] < 0.85 * bar, (result["test"]["test/rmse"], bar)
 
 
 def test_mlp_trains_with_sparse_adam(make_cfg) -> None:
