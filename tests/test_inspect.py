@@ -19,6 +19,7 @@ from recarena import load_run
 from recarena.checks import family_presets
 from recarena.cli import main
 from recarena.errors import RunError
+from recarena.evaluation.ranking import seeded_tie_rank
 from recarena.inspection import bias_table, evaluate, explain, export, item_pca, read_embeddings
 from tests.conftest import Trained
 
@@ -134,7 +135,9 @@ def test_export_round_trips_to_the_models_vectors_and_scores(
     items, item_vectors = read_embeddings(tmp_path / "items.parquet")
     assert pq.ParquetFile(tmp_path / "users.parquet").num_row_groups == -(-len(users) // 7)
     assert user_vectors.dtype == np.float32 and user_vectors.shape == (manifest["users"]["rows"], manifest["dim"])
-    assert list(items.columns) == ["movie_id", "title", "year", "genres", "n_ratings"]
+    assert list(items.columns) == ["movie_id", "title", "year", "genres", "n_ratings", "tie_rank"]
+    # The evaluator's order among equal scores, so the numpy serving path breaks ties as the metrics did.
+    assert items["tie_rank"].tolist() == seeded_tie_rank(run.corpus.n_items, int(run.config.seed)).tolist()
     assert items["movie_id"].tolist() == run.corpus.item_ids.tolist() and item_vectors.shape[1] == manifest["dim"]
     # Every user with training ratings, by MovieLens id, with the model's own vectors.
     trained_users = np.unique(run.corpus.users[run.split.train])

@@ -17,7 +17,7 @@ from torchmetrics.retrieval import (
 
 from recarena.data.heldout import EvalData
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics, head_mask
-from recarena.evaluation.ranking import NO_ITEM, dense_masks, topk_items
+from recarena.evaluation.ranking import NO_ITEM, dense_masks, seeded_tie_rank, topk_items
 
 L3 = 1 / math.log2(3)  # discount of rank 2: 1/log2(2+1)
 L4 = 1 / math.log2(4)  # discount of rank 3: 0.5
@@ -187,7 +187,8 @@ def test_topk_constant_scores_break_ties_by_index() -> None:
     ]
 
 
-def test_topk_matches_stable_sort_exactly() -> None:
+@pytest.mark.parametrize("tie_seed", [None, 0, 3])
+def test_topk_matches_stable_sort_exactly(tie_seed: int | None) -> None:
     gen = torch.Generator().manual_seed(0)
     n_rows, n_items = 50, 300
     # Heavy ties (few distinct values), both zeros, infinities, huge and subnormal magnitudes, adjacent floats.
@@ -200,15 +201,46 @@ def test_topk_matches_stable_sort_exactly() -> None:
     scores[:10] = torch.randn(10, n_items, generator=gen)
     exclude = torch.rand(n_rows, n_items, generator=gen) < 0.3
     k = 40
-    top = topk_items(scores, exclude, k)
-    # Reference: stable descending sort keeps equal scores in index order; excluded items pushed to the end.
-    # (-0.0 == 0.0 compare equal, so they tie by index in both.)
-    masked = scores.masked_fill(exclude, float("-inf"))
-    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    tie_rank = None if tie_seed is None else seeded_tie_rank(n_items, tie_seed)
+    top = topk_items(scores, exclude, k, tie_rank)
+    # Reference: visit the items in tie order, then a stable descending sort keeps equal scores in that order;
+    # excluded items pushed to the end. (-0.0 == 0.0 compare equal, so they tie in both.)
+    visit = torch.arange(n_items) if tie_rank is None else torch.argsort(tie_rank)
+    masked = scores.masked_fill(exclude, float("-inf"))[:, visit]
+    order = visit[torch.sort(masked, dim=1, descending=True, stable=True).indices]
     for r in range(n_rows):  # reference built per row on purpose: independent of the vectorised code
         rankable = [int(i) for i in order[r] if not exclude[r, i]]
         expected = (rankable + [NO_ITEM] * k)[:k]
         assert top[r].tolist() == expected, r
+
+
+def test_seeded_tie_order_is_a_permutation_fixed_by_the_seed() -> None:
+    first = seeded_tie_rank(1000, 42)
+    assert sorted(first.tolist()) == list(range(1000))
+    assert torch.equal(first, seeded_tie_rank(1000, 42))
+    assert not torch.equal(first, seeded_tie_rank(1000, 43))
+    # Constant scores (every item ties): the top 10 follow the seeded order, not the item index.
+    top = topk_items(torch.zeros(2, 1000), torch.zeros(2, 1000, dtype=torch.bool), 10, first)
+    assert top[0].tolist() == top[1].tolist() == torch.argsort(first)[:10].tolist() != list(range(10))
+    # Low ids gain nothing: over many seeds the mean id of the tied top 10 sits near the catalogue's middle.
+    means = [float(torch.argsort(seeded_tie_rank(1000, s))[:10].double().mean()) for s in range(200)]
+    assert abs(float(np.mean(means)) - 499.5) < 30
+
+
+def test_ranking_metrics_break_ties_by_the_seeded_order() -> None:
+    """The hand-computed table under a tie seed: user 1's tied items (0, 2, 4 at .5) and user 4's constant row are
+    taken in the seed's item order, which their mean popularity@3 shows exactly; users 0 and 3 have no ties
+    inside their top 3 and keep the table's values."""
+    for seed in range(6):
+        metric = RankingMetrics([3], 6, POPULARITY, keep_per_user=True, tie_seed=seed)
+        _run(metric, _hand_data(), SCORES, chunk=2)
+        order = torch.argsort(seeded_tie_rank(6, seed)).tolist()  # the items, first tie winner first
+        user1 = [5] + [i for i in order if i in (0, 2, 4)][:2]
+        user4 = order[:3]
+        pu = metric.per_user()
+        expected = [4 / 3, sum(POPULARITY[i] for i in user1) / 3, 1 / 2, sum(POPULARITY[i] for i in user4) / 3]
+        assert pu["popularity@3"].tolist() == pytest.approx(expected), seed
+        assert pu["hit_rate@3"].tolist() == [1, 1, 1, float(5 in user4)], seed
 
 
 def test_topk_never_returns_excluded_items_and_accepts_other_dtypes() -> None:
@@ -393,5 +425,7 @@ def test_fast_topk_matches_exact_keys(seed: int) -> None:
     scores[6, 10] = float("inf")
     exclude = torch.rand(64, 300, generator=g) < 0.3
     exclude[7, 5:] = True  # a user with fewer rankable items than k
+    tie_rank = seeded_tie_rank(300, seed)
     for k in (1, 10, 20):
         assert torch.equal(topk_items(scores, exclude, k), topk_items_exact(scores, exclude, k))
+        assert torch.equal(topk_items(scores, exclude, k, tie_rank), topk_items_exact(scores, exclude, k, tie_rank))

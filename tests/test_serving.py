@@ -96,3 +96,35 @@ def test_similar_from_the_export_answers_as_the_model_does(trained: Trained, fam
     title = run.corpus.display_titles().iloc[3]
     assert similar_from_export(run_dir, title, None, k=4)[0]["movie_id"].tolist() == run.similar(title, k=4)[
         "movie_id"].tolist()  # fmt: skip
+
+
+def test_both_paths_break_equal_scores_by_the_runs_seeded_order(trained: Trained, tmp_path: Path) -> None:
+    """Every item scored alike (MF with zero item vectors, on both paths): the top 7 are the user's unseen movies in
+    the run seed's tie order on the model path and on the export path, not the lowest item indices."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from recarena.evaluation.ranking import seeded_tie_rank
+
+    run_dir = Path(shutil.copytree(trained("mf")[0], tmp_path / "run"))  # copy2 keeps the checkpoint's stamp
+    run = load_run(run_dir)
+    for table in (run.model.item_factors, run.model.item_bias):
+        torch.nn.init.zeros_(table.weight)
+    items_file = run_dir / EXPORT_DIR / "items.parquet"
+    stat = items_file.stat()
+    table = pq.read_table(items_file)
+    column = table.schema.names.index("embedding")
+    flat = pa.array(np.zeros(len(table) * table.schema.field("embedding").type.list_size, np.float32))
+    zeros = pa.FixedSizeListArray.from_arrays(flat, table.schema.field("embedding").type.list_size)
+    pq.write_table(table.set_column(column, "embedding", zeros), items_file)
+    os.utime(items_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    user = int(run.corpus.user_ids[run.corpus.users[run.split.train][0]])
+    seen = set(run.corpus.items[run.corpus.users == run.corpus.users[run.split.train][0]].tolist())
+    order = [i for i in np.argsort(seeded_tie_rank(run.corpus.n_items, int(run.config.seed)).numpy()) if i not in seen]
+    expected = run.corpus.item_ids[order[:7]].tolist()
+    assert run.recommend(user=user, k=7)["movie_id"].tolist() == expected
+    fast, _ = recommend_from_export(run_dir, user, k=7)
+    assert fast["movie_id"].tolist() == expected != sorted(expected)

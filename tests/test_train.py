@@ -18,6 +18,7 @@ import torch
 
 from recarena import paths
 from recarena.errors import ConfigError
+from recarena.evaluation.ranking import seeded_tie_rank
 from recarena.run import train
 from tests.conftest import TINY_DATA, global_mean_rmse, ml100k_cache
 
@@ -42,7 +43,8 @@ def test_mf_trains_and_writes_metrics(make_cfg, tmp_path: Path) -> None:
 
 def test_popularity_needs_no_training_and_scores_the_brute_force_ndcg(make_cfg) -> None:
     """The whole pipeline against a per-user loop written from the metric's definition: rank the items the user
-    has not rated in training, validation or known ratings by training count (ties: lower index), relevant = the
+    has not rated in training, validation or known ratings by training count (ties: the run seed's item order,
+    ``seeded_tie_rank``, not the item index), relevant = the
     user's test ratings >= 4, NDCG@10 with binary gains, averaged over users with a relevant item."""
     from recarena.inference import load_run
 
@@ -51,7 +53,8 @@ def test_popularity_needs_no_training_and_scores_the_brute_force_ndcg(make_cfg) 
     assert result["loss"] == "none" and result["epochs"] == 0
     assert "test/rmse" not in result["test"]
     c, s = (run := load_run(cfg.hydra.runtime.output_dir)).corpus, run.split
-    order = np.lexsort((np.arange(c.n_items), -np.bincount(c.items[s.train], minlength=c.n_items)))
+    tie_rank = seeded_tie_rank(c.n_items, int(cfg.seed)).numpy()
+    order = np.lexsort((tie_rank, -np.bincount(c.items[s.train], minlength=c.n_items)))
     seen_rows = np.concatenate([s.train, s.val, s.known])
     ndcgs = []
     for user in np.unique(c.users[s.test]):

@@ -60,6 +60,7 @@ def build_model(cfg: DictConfig, dm: MovieLensDataModule) -> L.LightningModule:
         ks=list(cfg.eval.ks),
         relevance_threshold=cfg.eval.relevance_threshold,
         head_share=cfg.eval.head_share,
+        tie_seed=cfg.eval.get("tie_seed"),
         _convert_="all",
     )
 

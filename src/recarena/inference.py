@@ -30,7 +30,7 @@ from recarena.data.corpus import Corpus
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.data.heldout import EvalData, effective_chunk_size
 from recarena.errors import RunError, one_line
-from recarena.evaluation.ranking import exclusion_mask, topk_items
+from recarena.evaluation.ranking import exclusion_mask, seeded_tie_rank, topk_items
 from recarena.models.base import RecommenderModule
 from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta, user_codes
 from recarena.titles import resolve_movie
@@ -131,6 +131,13 @@ class Run:
 
     # ------------------------------------------------------------------ lookups
     @cached_property
+    def tie_rank(self) -> torch.Tensor | None:
+        """The evaluator's order among equal scores (``eval.tie_seed``), so recommendations rank as the metrics did;
+        None (lower item index first) for a run whose config has no tie seed."""
+        seed = self.config.eval.get("tie_seed")
+        return None if seed is None else seeded_tie_rank(self.corpus.n_items, int(seed))
+
+    @cached_property
     def _seen(self) -> EvalData:
         """Every rating of each user in the saved corpus (train, val, test, known): never recommended again.
         An :class:`EvalData` without held-out ratings, so chunks are cut by the evaluator's own code."""
@@ -182,7 +189,7 @@ class Run:
         for start in range(0, len(users), chunk):
             batch = {key: v.to(device) for key, v in self._seen.batch_for(users[start : start + chunk]).items()}
             values = self.model.score_all(batch["users"])  # (B, n_items)
-            top = topk_items(values, exclusion_mask(batch, n_items), k)  # (B, k), -1 past the unseen items
+            top = topk_items(values, exclusion_mask(batch, n_items), k, self.tie_rank)  # (B, k), -1 past the unseen
             items[start : start + chunk] = top.cpu().numpy()
             scores[start : start + chunk] = values.gather(1, top.clamp(min=0)).float().cpu().numpy()
         return items, scores
@@ -287,7 +294,7 @@ class Run:
         """The ``k`` best items of ``scores`` (n_items,) that ``exclude`` (n_items,) bool leaves: the item columns,
         score and rank (fewer rows when fewer items are left)."""
         scores = scores.detach().float().cpu()
-        top = topk_items(scores[None], exclude.cpu()[None], k)[0].numpy()
+        top = topk_items(scores[None], exclude.cpu()[None], k, self.tie_rank)[0].numpy()
         top = top[top >= 0]
         return self.items(top).assign(score=scores[top].numpy(), rank=np.arange(1, len(top) + 1))
 

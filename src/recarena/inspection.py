@@ -89,6 +89,7 @@ def evaluate(
         item_popularity=run.datamodule.item_popularity,
         head_share=float(settings.head_share),
         relevance_threshold=relevance_threshold,
+        tie_seed=settings.get("tie_seed"),
     ).to(model.device)
     rating = RatingMetrics().to(model.device)
     with torch.no_grad():
@@ -289,8 +290,9 @@ def export(run: Run, out: str | Path | None = None, chunk: int = 65536) -> dict[
     - users.parquet: ``user_id`` (as in the MovieLens files), ``n_ratings`` (training), ``embedding``; one row per
       user the model can score (users with training ratings; for families that build users from their ratings,
       held-out users of ``split=users`` too). Streamed ``chunk`` users at a time, one parquet row group each.
-    - items.parquet: ``movie_id``, ``title``, ``year``, ``genres``, ``n_ratings`` (training), ``embedding``; every
-      movie of the catalogue (filter on ``n_ratings`` for movies the model learnt something about).
+    - items.parquet: ``movie_id``, ``title``, ``year``, ``genres``, ``n_ratings`` (training), ``tie_rank`` (the
+      evaluator's order among equal scores, ``eval.tie_seed``), ``embedding``; every movie of the catalogue
+      (filter on ``n_ratings`` for movies the model learnt something about).
     - manifest.json: family, dim, ``similarity`` (``dot``: inner product; ``cosine``: normalise both sides first),
       row counts, what the vectors are, the run's split fingerprint.
 
@@ -330,6 +332,8 @@ def _write_item_vectors(run: Run, path: Path) -> tuple[int, int]:
         similar = run.model.item_similarity_vectors() if run.model.compares_items() else None
     similar = None if similar is None else similar.detach().float().cpu().numpy()  # what `similar` compares
     item_stats = _item_stats(run)[["movie_id", "title", "year", "genres", "n_ratings"]]
+    tie_rank = run.tie_rank
+    item_stats = item_stats.assign(tie_rank=np.arange(len(item_stats)) if tie_rank is None else tie_rank.numpy())
     with atomic_file(path, "wb") as handle:
         pq.write_table(_vector_table(item_stats, items, similar), handle)
     return items.shape[0], items.shape[1]

@@ -8,8 +8,9 @@ of a user and an item vector (mf, twotower, siamese), training ends by exporting
     score(u, i) = <e_u, e_i>           (manifest similarity "dot"; MF's vectors carry its biases)
                 = <e_u/|e_u|, e_i/|e_i|>   ("cosine")
 
-the movies the user rated (in any part of the split) masked out, the K best kept, ties broken by the lower item
-index as the evaluator's top-K breaks them. This module imports numpy, pandas and pyarrow only.
+the movies the user rated (in any part of the split) masked out, the K best kept, ties broken by the exported
+``tie_rank`` column (the run's seeded item order; lower item index in an export without it), as the evaluator's
+top-K breaks them. This module imports numpy, pandas and pyarrow only.
 
 The CLI uses it only when the export belongs to the run's current checkpoint (its size and mtime are recorded in
 the manifest) and holds the user; otherwise (made-up users, mlp, popularity, ``export_embeddings=false``, an
@@ -97,9 +98,7 @@ def _recommend(run_dir: Path, manifest: dict[str, Any], user_id: int, k: int) ->
         item_vectors = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
     scores = item_vectors @ query  # (n_items,)
     scores[_rated_items(run_dir, user_id)] = -np.inf
-    order = np.lexsort((np.arange(len(scores)), -scores))[: min(k, int(np.isfinite(scores).sum()))]
-    frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
-    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1))
+    return _best(items, scores, k)
 
 
 def similar_from_export(run_dir: str | Path, title: str | None, movie_id: int | None, k: int,
@@ -122,9 +121,15 @@ def similar_from_export(run_dir: str | Path, title: str | None, movie_id: int | 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     scores = unit @ unit[query]
     scores[(items["n_ratings"].to_numpy() < min_ratings) | (np.arange(len(scores)) == query)] = -np.inf
-    order = np.lexsort((np.arange(len(scores)), -scores))[: min(int(k), int(np.isfinite(scores).sum()))]
+    return _best(items, scores, k), manifest
+
+
+def _best(items: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """The ``k`` best finite ``scores`` (n_items,): highest first, equal scores by the items' ``tie_rank``."""
+    tie_rank = items["tie_rank"].to_numpy() if "tie_rank" in items else np.arange(len(scores))
+    order = np.lexsort((tie_rank, -scores))[: min(int(k), int(np.isfinite(scores).sum()))]
     frame = items.iloc[order][["movie_id", "title", "year", "genres"]].reset_index(drop=True)
-    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1)), manifest
+    return frame.assign(score=scores[order], rank=np.arange(1, len(order) + 1))
 
 
 def _rated_items(run_dir: Path, user_id: int) -> np.ndarray:

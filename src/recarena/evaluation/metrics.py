@@ -7,7 +7,8 @@ Ranking metric definitions (used verbatim by the README)
 --------------------------------------------------------
 For every evaluated user ``u`` the model scores the whole catalog; the user's *excluded* items (training
 items, and for the test split also validation items, plus any ``known`` items) are removed, and the
-remaining items are ranked by score, highest first, ties broken by lower item index. ``L_K(u)`` is the top
+remaining items are ranked by score, highest first, ties broken by a seeded random order of the items (the same
+for every family of a run seed, ``eval.tie_seed``; by lower item index when no seed is given). ``L_K(u)`` is the top
 ``K`` of that ranking (shorter when fewer than ``K`` items remain). ``Rel(u)`` is the set of the user's
 held-out items rated ``>= relevance_threshold`` (every held-out item when the threshold is ``None``).
 ``hit_i = 1`` when the item at rank ``i`` (``i = 1..K``) is in ``Rel(u)``, else 0 (also 0 at ranks past the
@@ -48,7 +49,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.utilities import dim_zero_cat
 
-from recarena.evaluation.ranking import dense_masks, hit_matrix, topk_items
+from recarena.evaluation.ranking import dense_masks, hit_matrix, seeded_tie_rank, topk_items
 from recarena.evaluation.registry import (
     ACCURACY_METRICS,
     BEYOND_METRICS,
@@ -128,6 +129,8 @@ class RankingMetrics(Metric):
         head_share: share of training ratings held by the head (``eval.head_share``).
         relevance_threshold: held-out ratings ``>=`` this are relevant; ``None``: all held-out items.
         keep_per_user: also keep every ranked user's values for :meth:`per_user` (memory ~ users x columns).
+        tie_seed: seed of the random item order that breaks equal scores (``eval.tie_seed``, the run seed by
+            default); None: lower item index first.
 
     ``update(scores, batch)`` takes one chunk's scores and its batch dict (contract in
     :mod:`recarena.data.heldout`); everything is vectorised over the chunk and runs on the batch's
@@ -148,11 +151,13 @@ class RankingMetrics(Metric):
         head_share: float = 0.8,
         relevance_threshold: float | None = 4.0,
         keep_per_user: bool = False,
+        tie_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         ks = [int(k) for k in ks]
         pop = _checked_popularity(ks, n_items, item_popularity, head_share)
+        self.tie_seed = None if tie_seed is None else int(tie_seed)
         self.ks = ks
         self.n_items = int(n_items)
         self.head_share = float(head_share)
@@ -162,6 +167,8 @@ class RankingMetrics(Metric):
         # Constants as plain CPU tensors (not buffers: a module-wide ``.half()``/``.to(dtype)`` must not
         # round them) and copied to the scores' device on first use there.
         self._const_cpu = _ranking_constants(ks, pop, self.head_share)
+        if self.tie_seed is not None:
+            self._const_cpu["tie_rank"] = seeded_tie_rank(self.n_items, self.tie_seed)
         self._const_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
         self._add_sum_states()
         if keep_per_user:
@@ -245,7 +252,8 @@ class RankingMetrics(Metric):
         self.users_skipped += n_rows - n_ranked
         # Rank every row, then keep the ranked users' (B', k) results: cheaper than copying the (B, n_items)
         # scores and masks of the ranked rows first (skipped users are a small minority).
-        top_all = topk_items(scores, exclude, self.k_max)  # (B, k_max)
+        tie_rank = self._const(scores.device).get("tie_rank")
+        top_all = topk_items(scores, exclude, self.k_max, tie_rank)  # (B, k_max)
         hits = hit_matrix(top_all, relevant)[ranked]  # (B', k_max) bool
         return top_all[ranked], hits, n_rel[ranked], ranked
 

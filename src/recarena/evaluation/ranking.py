@@ -60,10 +60,25 @@ def _ordered_int(scores: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int64)
 
 
-def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+def seeded_tie_rank(n_items: int, seed: int) -> torch.Tensor:
+    """``(n_items,)`` int64: a seeded random permutation giving each item its place among equal scores.
+
+    Breaking ties by item index would favour whatever the catalogue's numbering happens to correlate with, and
+    a family whose scores tie often (popularity, a sparse neighbourhood, an untrained model) would inherit it. A random order drawn from the run's seed
+    is the same for every family of that seed, so paired comparisons stay paired. The generator is torch's
+    CPU Mersenne Twister, so the order is the same on every machine and device.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(int(n_items), generator=generator)
+
+
+def topk_items(
+    scores: torch.Tensor, exclude: torch.Tensor, k: int, tie_rank: torch.Tensor | None = None
+) -> torch.Tensor:
     """Top-``k`` items per row, best first, as a ``(B, k)`` int64 tensor of item indices.
 
-    Order: higher score first; equal scores (as float32) by lower item index -- exact and deterministic on
+    Order: higher score first; equal scores (as float32) by lower ``tie_rank`` (``(n_items,)``, a permutation of
+    ``0..n_items-1``, e.g. :func:`seeded_tie_rank`; None: by lower item index) -- exact and deterministic on
     every device; see :func:`topk_items_exact`. Fast path: ``torch.topk`` on the float scores orders distinct
     values exactly and leaves only equal values in an unspecified order, so a row whose best ``k + 1`` values
     are all distinct and finite has exactly one correct answer and topk found it. The remaining rows (ties,
@@ -74,7 +89,7 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     _check_topk_args(scores, exclude, k)
     n_items = scores.shape[1]
     if k + 1 > n_items:
-        return topk_items_exact(scores, exclude, k)
+        return topk_items_exact(scores, exclude, k, tie_rank)
     masked = scores.to(torch.float32, copy=True)
     masked.masked_fill_(exclude, float("-inf"))
     values, top = torch.topk(masked, k + 1, dim=1, largest=True, sorted=True)
@@ -83,7 +98,7 @@ def topk_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Ten
     top = top[:, :k].contiguous()
     rows = ambiguous.nonzero().squeeze(1)
     if rows.numel():
-        top[rows] = topk_items_exact(scores[rows], exclude[rows], k)
+        top[rows] = topk_items_exact(scores[rows], exclude[rows], k, tie_rank)
     return top
 
 
@@ -97,11 +112,13 @@ def _check_topk_args(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> Non
         raise ValueError(f"k must be >= 1, got {k}")
 
 
-def topk_items_exact(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+def topk_items_exact(
+    scores: torch.Tensor, exclude: torch.Tensor, k: int, tie_rank: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`topk_items` by exact integer keys for every row. ``torch.topk`` gives no tie order, so each
     score is turned into the integer key
-    ``ordered(score) * 2**b + (2**b - 1 - item)`` with ``b`` bits for item indices: the key order is the
-    lexicographic order (score desc, item asc), the keys are distinct, and because ``ordered`` is strictly
+    ``ordered(score) * 2**b + (2**b - 1 - tie_rank[item])`` with ``b`` bits for item indices: the key order is
+    the lexicographic order (score desc, tie rank asc), the keys are distinct (tie ranks are a permutation), and because ``ordered`` is strictly
     order-preserving on float32 values, distinct float32 scores can never be reordered (as adding a small
     epsilon to the floats could). ``topk`` on these int64 keys is therefore exact. Scores in another dtype are
     compared after conversion to float32.
@@ -114,7 +131,11 @@ def topk_items_exact(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tor
     bits = max(1, (n_items - 1).bit_length())
     # |ordered| <= 2**31, so |key| < 2**(31 + bits) <= 2**62 for any catalog below 2**31 items: no overflow,
     # and the sentinel below stays strictly lower than every real key.
-    tie_break = (2**bits - 1) - torch.arange(n_items, device=scores.device, dtype=torch.int64)
+    if tie_rank is None:
+        tie_rank = torch.arange(n_items, dtype=torch.int64)
+    elif tie_rank.shape != (n_items,):
+        raise ValueError(f"tie_rank must be ({n_items},), got {tuple(tie_rank.shape)}")
+    tie_break = (2**bits - 1) - tie_rank.to(device=scores.device, dtype=torch.int64)
     # In place: a chunk holds up to ~64M cells, so each int64 temporary is ~0.5 GiB.
     keys = _ordered_int(scores).mul_(2**bits).add_(tie_break)
     sentinel = torch.iinfo(torch.int64).min

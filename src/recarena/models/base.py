@@ -31,7 +31,7 @@ class RecommenderModule(L.LightningModule):
         optimizer: a partial optimiser class (Hydra ``_partial_: true``) applied to this module's parameters.
         scheduler: a partial scheduler factory from :mod:`recarena.optim` (called with the optimiser and the
             run's total steps), or None for a constant learning rate.
-        ks, relevance_threshold, head_share: evaluator settings (``conf/eval``).
+        ks, relevance_threshold, head_share, tie_seed: evaluator settings (``conf/eval``).
     """
 
     #: Capabilities a loss may ask for (``Loss.needs``):
@@ -68,6 +68,7 @@ class RecommenderModule(L.LightningModule):
         ks: tuple[int, ...] = (10, 20),
         relevance_threshold: float | None = 4.0,
         head_share: float = 0.8,
+        tie_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.schema = schema if isinstance(schema, Schema) else Schema(**schema)
@@ -77,6 +78,7 @@ class RecommenderModule(L.LightningModule):
         self.ks = tuple(int(k) for k in ks)
         self.relevance_threshold = relevance_threshold
         self.head_share = head_share
+        self.tie_seed = tie_seed
         # We own the optimisation loop: a Lightning step carries several mini-batches (see ShuffledBatches).
         self.automatic_optimization = False
         self.train_loss_sum = torch.zeros(())
@@ -189,6 +191,7 @@ class RecommenderModule(L.LightningModule):
             item_popularity=popularity,
             head_share=self.head_share,
             relevance_threshold=self.relevance_threshold,
+            tie_seed=self.tie_seed,
         )
         self.val_ranking, self.test_ranking = make(), make()
         self.val_rating, self.test_rating = RatingMetrics(), RatingMetrics()
