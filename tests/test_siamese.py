@@ -32,14 +32,25 @@ def test_one_epoch_writes_ranking_metrics_and_triplet_auc(make_cfg, tmp_path: Pa
     assert on_disk["model"] == "siamese" and on_disk["loss"] == "triplet" and on_disk["epochs"] == 1
     for part in ("val", "test"):
         metrics = on_disk[part]
-        for key in ("ndcg@10", "recall@20", "hit_rate@10", "coverage@10", "triplet_auc", "descriptor_auc"):
+        for key in ("ndcg@10", "recall@20", "hit_rate@10", "coverage@10", "triplet_auc"):
             assert f"{part}/{key}" in metrics, key
-        assert 0.0 <= metrics[f"{part}/triplet_auc"] <= 1.0 and 0.0 <= metrics[f"{part}/descriptor_auc"] <= 1.0
+        assert 0.0 <= metrics[f"{part}/triplet_auc"] <= 1.0
         assert f"{part}/rmse" not in metrics  # no rating predictions
     assert result["test"]["test/ndcg@10"] > 0
     # The best checkpoint restores with its descriptor vocabulary (kept in the hyper-parameters).
     restored = Siamese.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", loss=TripletLoss())
     assert restored.first is not None and restored.hparams["n_descriptors"] > 0
+
+
+def test_training_lifts_the_auc_of_triplets_on_items_it_never_saw(make_cfg) -> None:
+    """The held-out triplets' anchors and positives are in no training triplet, so a higher AUC than the untrained
+    encoder's (a random projection of the descriptors) is learnt and carried to unseen items through the shared
+    descriptor weights, not memorised pairs."""
+    data = ["data.n_users=600", "data.n_items=400", "data.n_ratings=30000"]  # measured: 0.62 untrained, 0.78 after 6
+    untrained = train(make_cfg("model=siamese", *data, "trainer.max_epochs=1", "optimizer.lr=1e-9"))
+    trained = train(make_cfg("model=siamese", *data, "trainer.max_epochs=6", "overwrite=true"))
+    before, after = untrained["val"]["val/triplet_auc"], trained["val"]["val/triplet_auc"]
+    assert after > before + 0.08, (before, after)
 
 
 def test_held_out_users_are_scored_from_their_known_ratings(make_cfg) -> None:

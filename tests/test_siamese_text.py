@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from recarena.data import text_encoding
@@ -23,7 +22,6 @@ from recarena.losses.triplet import TripletLoss
 from recarena.models.siamese import Siamese
 from recarena.run import train
 from tests.test_siamese import SCHEMA, fit_briefly
-from tests.test_triplets import CATALOGUE, multi_hot
 
 
 def test_descriptor_vectors_are_unit_rows_one_per_string() -> None:
@@ -39,24 +37,15 @@ def test_descriptor_vectors_are_unit_rows_one_per_string() -> None:
     assert descriptor_text_vectors([]).shape == (0, TEXT_DIM)
 
 
-def test_text_descriptor_auc_is_the_multi_hot_one_for_one_hot_vectors() -> None:
-    """With one-hot descriptor vectors the mean text vector is the (scaled) multi-hot: the same baseline AUC."""
-    x = multi_hot(CATALOGUE)
-    heldout = np.array([[0, 1, 3], [0, 2, 7], [3, 4, 0], [5, 6, 2], [1, 2, 4], [4, 3, 6]])
-    expected = Siamese._descriptor_auc(x, heldout)
-    assert Siamese._descriptor_auc(x, heldout, np.eye(x.shape[1], dtype=np.float32)) == pytest.approx(expected)
-    assert Siamese._descriptor_auc(sp.csr_matrix(x), heldout[:0], np.eye(x.shape[1])) is None
-
-
-def test_one_epoch_end_to_end_writes_ranking_metrics_and_both_aucs(make_cfg, tmp_path: Path) -> None:
+def test_one_epoch_end_to_end_writes_ranking_metrics_and_the_triplet_auc(make_cfg, tmp_path: Path) -> None:
     result = train(make_cfg("model=siamese", "model.encoding=text", "trainer.max_epochs=1"))
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["model"] == "siamese" and on_disk["epochs"] == 1
     for part in ("val", "test"):
         metrics = on_disk[part]
-        for key in ("ndcg@10", "recall@20", "triplet_auc", "descriptor_auc"):
+        for key in ("ndcg@10", "recall@20", "triplet_auc"):
             assert f"{part}/{key}" in metrics, key
-        assert 0.0 <= metrics[f"{part}/triplet_auc"] <= 1.0 and 0.0 <= metrics[f"{part}/descriptor_auc"] <= 1.0
+        assert 0.0 <= metrics[f"{part}/triplet_auc"] <= 1.0 and f"{part}/descriptor_auc" not in metrics
     assert result["test"]["test/ndcg@10"] > 0
 
 

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from recarena.data import mining
 from recarena.data.corpus import Corpus, RatingScale
-from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets, split_by_anchor
+from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets, split_by_items
 from recarena.errors import ConfigError
 from tests.data_factories import tag_applications
 
@@ -119,13 +119,26 @@ def test_ties_are_broken_at_random_not_by_catalogue_order() -> None:
     assert len(set(positives.tolist())) > 3
 
 
-def test_anchor_split_is_disjoint() -> None:
-    triplets = np.stack([np.repeat(np.arange(50), 3), np.arange(150) % 7, np.arange(150) % 11], axis=1)
-    train, heldout = split_by_anchor(triplets, 0.1, seed=0)
-    assert len(train) + len(heldout) == len(triplets)
-    assert not set(train[:, 0]) & set(heldout[:, 0])
-    assert len(np.unique(heldout[:, 0])) == 5
-    assert len(split_by_anchor(triplets, 0.0, seed=0)[1]) == 0
+def test_held_out_anchors_and_positives_appear_nowhere_in_training() -> None:
+    """Co-liked positives are symmetric: with anchors alone held out, a held-out pair (a, p) came back reversed in
+    training. Here every held-out anchor and positive is absent from every training triplet, in every role."""
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((60, 10)) < 0.3).astype(np.float32))
+    liked = sp.csr_matrix((rng.random((60, 40)) < 0.3).astype(np.float32))
+    triplets = mine_triplets(x, liked, 1, 8, "near_miss", seed=2)
+    train, heldout = split_by_items(triplets, 0.2, seed=0)
+    assert len(heldout) > 0 and len(train) > 0
+    unseen = set(heldout[:, 0]) | set(heldout[:, 1])
+    assert not unseen & set(train.ravel().tolist())
+    pairs = {tuple(p) for p in train[:, :2].tolist()}
+    assert not {(p, a) for a, p in heldout[:, :2].tolist()} & pairs  # none reversed in training
+    # The held-out items are a fifth of the anchors: 12 of 60; the held-out triplets are all of theirs among them.
+    held = np.unique(np.concatenate([heldout[:, 0], heldout[:, 1]]))
+    assert len(held) <= 12
+    both = np.isin(triplets[:, 0], held) & np.isin(triplets[:, 1], held)
+    assert len(heldout) == both.sum()
+    assert len(split_by_items(triplets, 0.0, seed=0)[1]) == 0
+    assert len(split_by_items(triplets, 0.0, seed=0)[0]) == len(triplets)
 
 
 def small_corpus() -> Corpus:

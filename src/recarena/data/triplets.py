@@ -28,8 +28,9 @@ Triplets, for every anchor item (exact; the chunked, vectorised engine is :mod:`
   name, still works with a warning.
 
 Ties (several items at the same overlap or co-like count) are broken uniformly at random from a generator seeded
-with the run seed, so a run's triplets are reproducible. Held-out triplets are those of a seeded
-``heldout_fraction`` of the anchors (all of each one's), for the triplet ROC-AUC.
+with the run seed, so a run's triplets are reproducible. A seeded ``heldout_fraction`` of the anchor items is held
+out for the triplet ROC-AUC: the triplets whose anchor and positive are both among them are the held-out ones,
+and no training triplet holds any of them (:func:`split_by_items`).
 
 Mining always works on the multi-hot overlaps: the triplets do not depend on ``model.encoding`` (the encoder's
 input, multi-hot or the descriptors' text vectors of :mod:`recarena.data.text_encoding`).
@@ -230,15 +231,26 @@ def _mine_chunk(
     return np.concatenate(out)
 
 
-def split_by_anchor(triplets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) triplets; a seeded ``fraction`` of the anchor items holds all of its triplets out."""
+def split_by_items(triplets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) triplets that share no anchor or positive item: a seeded ``fraction`` of the anchor items is
+    held out; a held-out triplet has its anchor *and* its positive among them, and no training triplet holds any
+    of them, in any role.
+
+    Holding out anchors alone would not do: the positives are mostly co-liked items, so a held-out pair (a, p)
+    often appears reversed, (p, a, .), in training, and the AUC would measure memorised pairs. Triplets that mix
+    the two sets are used by neither side. The negative of a held-out triplet may be a training item: it is the
+    item the model should rank below the positive, whether or not it saw it.
+    """
     anchors = np.unique(triplets[:, 0])
     n_out = int(np.floor(fraction * len(anchors) + 0.5)) if len(anchors) > 1 else 0
     n_out = min(max(n_out, int(fraction > 0)), len(anchors) - 1)  # at least one held out, one kept
-    held = np.zeros(int(anchors.max()) + 1 if len(anchors) else 0, dtype=bool)
+    held = np.zeros(int(triplets.max()) + 1 if len(triplets) else 0, dtype=bool)
     held[np.random.default_rng([seed, 1]).permutation(anchors)[:n_out]] = True
-    out = held[triplets[:, 0]] if len(triplets) else np.zeros(0, dtype=bool)
-    return triplets[~out], triplets[out]
+    if not len(triplets):
+        return triplets, triplets
+    touched = held[triplets].any(axis=1)  # any role
+    out = held[triplets[:, 0]] & held[triplets[:, 1]]
+    return triplets[~touched], triplets[out]
 
 
 # ------------------------------------------------------------------------------------------------ the view
@@ -249,7 +261,7 @@ class TripletData:
     descriptors: sp.csr_matrix  # (n_items, V) binary
     vocabulary: list[str]
     train: np.ndarray  # (T, 3) int64 anchor, positive, negative
-    heldout: np.ndarray  # (H, 3) int64; no anchor of these appears in train
+    heldout: np.ndarray  # (H, 3) int64; their anchors and positives appear nowhere in train
 
 
 def descriptor_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> tuple[sp.csr_matrix, list[str]]:
@@ -278,7 +290,10 @@ def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) 
         triplets = mine_triplets(x, liked, content, ratings, opts.negatives, dm.seed)
         if not len(triplets):
             raise ConfigError(f"no triplet could be mined from {dm.corpus.name} with model.positives={opts.positives}")
-        train, heldout = split_by_anchor(triplets, opts.heldout_fraction, dm.seed)
+        train, heldout = split_by_items(triplets, opts.heldout_fraction, dm.seed)
+        if not len(train):
+            raise ConfigError(f"model.heldout_fraction={opts.heldout_fraction} leaves no training triplet on "
+                              f"{dm.corpus.name}: lower it")  # fmt: skip
         cache[key] = TripletData(x, vocabulary, train, heldout)
     return cache[key]
 
