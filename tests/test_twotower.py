@@ -134,12 +134,17 @@ def test_trains_as_rating_regression(make_cfg, tmp_path: Path) -> None:
         ["split=users", "loss=logq", "model.hash_tables=2"],
         ["loss=inbatch", "model.user_inputs=[history]", "model.item_inputs=[genres,year,tags,item_id]"],
         ["optimizer=sparse_adam", "model.hash_tables=2", "model.item_inputs=[item_id]"],
-        ["optimizer=sparse_adam", "model.user_inputs=[ratings_context]", "loss=bpr"],
+        # BPR through the ratings context learns slowest: 0.13 after 2 epochs, 0.17 after 6 (untrained 0.10).
+        ["optimizer=sparse_adam", "model.user_inputs=[ratings_context]", "loss=bpr", "trainer.max_epochs=6"],
     ],
 )
 def test_trains_with_other_splits_losses_and_inputs(make_cfg, overrides: list[str]) -> None:
-    result = train(make_cfg("model=twotower", *overrides))
-    assert 0 <= result["test"]["test/ndcg@10"] <= 1 and result["test"]["test/users_ranked"] > 0
+    """Each setting must rank clearly better than the same model untrained (lr 1e-9: its initial weights); measured
+    when written, trained vs untrained test NDCG@10: 0.26/0.12, 0.28/0.08, 0.25/0.12, 0.19/0.09, 0.17/0.10."""
+    untrained = train(make_cfg("model=twotower", *overrides, "optimizer.lr=1e-9"))["test"]["test/ndcg@10"]
+    result = train(make_cfg("model=twotower", *overrides, "overwrite=true"))
+    assert result["test"]["test/ndcg@10"] > 1.3 * untrained, (result["test"]["test/ndcg@10"], untrained)
+    assert result["test"]["test/users_ranked"] > 0
     if "split=users" in overrides:
         assert result["dataset"]["test"]["cold_users"] == result["dataset"]["test"]["users"] > 0
 
