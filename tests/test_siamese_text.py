@@ -16,7 +16,7 @@ import torch
 
 from recarena.data import text_encoding
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
-from recarena.data.triplets import MiningOptions, triplet_data
+from recarena.data.triplets import MiningOptions, TripletData
 from recarena.errors import ConfigError
 from recarena.losses.triplet import TripletLoss
 from recarena.models.siamese import Siamese
@@ -51,8 +51,12 @@ def test_one_epoch_end_to_end_writes_ranking_metrics_and_the_triplet_auc(make_cf
 
 def test_checkpoint_carries_the_frozen_vectors(make_cfg, tmp_path: Path) -> None:
     _, dm, model, trainer = fit_briefly(make_cfg, "model.encoding=text", batches=3)
-    # The encoding changes the encoder's input only: both encodings share the mined triplets.
-    assert triplet_data(dm, MiningOptions(encoding="text")) is triplet_data(dm, MiningOptions())
+    # The encoding changes the encoder's input only: both encodings mine the same triplets.
+    text = dm.prepared
+    dm.view_options["encoding"] = "multi_hot"
+    other = TripletData(dm)
+    assert text.options.encoding == "text" and other.options.encoding == "multi_hot"
+    assert np.array_equal(text.train, other.train) and np.array_equal(text.heldout, other.heldout)
     vectors = model.text_vectors.clone()
     assert vectors.abs().sum() > 0 and not any(p is model.text_vectors for p in model.parameters())
     path = tmp_path / "text.ckpt"

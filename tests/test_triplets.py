@@ -186,7 +186,7 @@ def test_features_never_read_validation_or_test_ratings(make_cfg) -> None:
     """Rewriting every validation and test rating changes neither triplets nor user profiles; rewriting training
     ratings does (so the check can fail)."""
     from recarena.build import build_datamodule, build_model
-    from recarena.data.triplets import triplet_data
+    from recarena.data.triplets import TripletData
 
     cfg = make_cfg("model=siamese")
     dm = build_datamodule(cfg, "triplets", 3.0)
@@ -195,8 +195,7 @@ def test_features_never_read_validation_or_test_ratings(make_cfg) -> None:
     rows = np.concatenate([dm.split.train, dm.split.known])
 
     def features() -> tuple[np.ndarray, ...]:
-        dm.derived.clear()  # derive again from the (rewritten) ratings
-        data = triplet_data(dm)
+        data = TripletData(dm)  # prepared again from the (rewritten) ratings
         return data.train, data.heldout, *(t.numpy() for t in model.user_profiles(dm.corpus, rows))
 
     before = features()

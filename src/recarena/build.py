@@ -16,7 +16,7 @@ import lightning as L
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recarena.checkpoint_io import AtomicCheckpointIO
@@ -45,6 +45,7 @@ def build_datamodule(cfg: DictConfig, view: str, positive_threshold: float | Non
         view_options=OmegaConf.to_container(cfg.model, resolve=True),
         max_eval_users=cfg.eval.get("max_users"),
         test_known=str(cfg.eval.get("test_known", "train")),
+        prepare=get_class(cfg.model._target_).prepares,
     )
 
 

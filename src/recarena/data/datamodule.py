@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class MovieLensDataModule(L.LightningDataModule):
             family of one sweep is scored on the same users.
         test_known: what a model may know at test time (``eval.test_known``): ``train`` (the training ratings,
             plus held-out users' known ones) or ``train+val`` (also the validation ratings).
+        prepare: the family's data preparation (``RecommenderModule.prepares``), called with this datamodule:
+            see :attr:`prepared`. None for a family that reads the corpus and split directly.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MovieLensDataModule(L.LightningDataModule):
         view_options: Mapping[str, Any] | None = None,
         max_eval_users: int | None = None,
         test_known: str = "train",
+        prepare: Callable[[MovieLensDataModule], Any] | None = None,
     ) -> None:
         super().__init__()
         self.test_known = test_known
@@ -92,9 +95,8 @@ class MovieLensDataModule(L.LightningDataModule):
         self.corpus: Corpus | None = None
         self.split: Split | None = None
         self.stats: dict[str, Any] = {}
-        #: What a family derives from this corpus and split once for training and evaluation alike (the siamese
-        #: descriptors and triplets), keyed by what it depends on; emptied when another corpus or split is used.
-        self.derived: dict[Any, Any] = {}
+        self.prepare = prepare
+        self._prepared: Any = None
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
@@ -118,13 +120,25 @@ class MovieLensDataModule(L.LightningDataModule):
         val, test = (float(self.split_cfg.get(key, 0.1) or 0.0) for key in ("val_fraction", "test_fraction"))
         return max(1.0 - val - test, 1e-9)
 
+    @property
+    def prepared(self) -> Any:
+        """The family's data preparation (``RecommenderModule.prepares``, e.g. the siamese descriptors and triplets):
+        one object built from this corpus and split on first use, shared by the training view and the family's
+        ``attach``; built anew when another corpus or split is used."""
+        if self._prepared is None:
+            if self.prepare is None:
+                raise RuntimeError("this datamodule has no family data preparation: build it with "
+                                   "recarena.build.build_datamodule, which passes the family's `prepares`")  # fmt: skip
+            self._prepared = self.prepare(self)
+        return self._prepared
+
     def use(self, corpus: Corpus, split: Split) -> None:
         """Serve this (curated) corpus and split: everything derived from them (statistics, schema, training
         view, evaluation data) is computed here. ``setup`` passes what it read from the data cache;
         :func:`recarena.inference.load_run` what a run dir saved, so a loaded run sees exactly what training saw."""
         self.split = split
         self.corpus = corpus
-        self.derived = {}
+        self._prepared = None  # prepared from the previous corpus or split
         self.stats = split_stats(corpus, self.split)
         self.stats["dropped_rows"] = corpus.n_dropped
         self.stats["duplicate_rows"] = corpus.n_duplicates

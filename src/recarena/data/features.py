@@ -28,6 +28,7 @@ The torch side of the lookups is :class:`recarena.models.towers.ContextLookup`; 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,24 @@ def item_features(corpus: Corpus, inputs: list[str], n_tags: int, split: Split |
     if not blocks:
         return np.zeros((corpus.n_items, 0), dtype=np.float32)
     return np.hstack(blocks)
+
+
+class FeatureData:
+    """The two-tower family's data (``TwoTower.prepares``), prepared once per corpus and split: the users' contexts
+    over the input rows (training, plus the known rows of held-out users; :func:`build_context_arrays`) and the
+    items' side features (:func:`item_features`). ``attach`` loads them into the model's lookups."""
+
+    def __init__(self, corpus: Corpus, split: Split, item_inputs: list[str], context_items: int,
+                 history_threshold: float, n_tags: int) -> None:  # fmt: skip
+        self.contexts = build_context_arrays(corpus, split.train, split.known, context_items, history_threshold)
+        self.item_features = item_features(corpus, item_inputs, n_tags, split)
+
+    @classmethod
+    def from_datamodule(cls, dm: Any) -> FeatureData:
+        """From the datamodule's corpus and split, with the options of its ``model=`` config (``view_options``)."""
+        o = dm.view_options
+        return cls(dm.corpus, dm.split, list(o["item_inputs"]), int(o["context_items"]),
+                   float(o["history_threshold"]), int(o["n_tags"]))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ hashing

@@ -42,7 +42,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,51 +255,52 @@ def split_by_items(triplets: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 # ------------------------------------------------------------------------------------------------ the view
-@dataclass(frozen=True)
 class TripletData:
-    """What the Siamese family trains and is judged on: descriptors, training and held-out triplets."""
+    """The Siamese family's data (``Siamese.prepares``), prepared once per corpus and split and shared by the
+    ``triplets`` view and ``Siamese.attach``: the descriptors at once (all that scoring needs), the training and
+    held-out triplets on first use (mining takes ~40 s at 25M ratings: a loaded run that only scores never mines).
+    Triplets read the training ratings only.
 
-    descriptors: sp.csr_matrix  # (n_items, V) binary
-    vocabulary: list[str]
-    train: np.ndarray  # (T, 3) int64 anchor, positive, negative
-    heldout: np.ndarray  # (H, 3) int64; their anchors and positives appear nowhere in train
+    Attributes: ``options`` (:class:`MiningOptions`), ``descriptors`` (n_items, V) binary CSR, ``vocabulary`` (V,
+    descriptor texts), ``train`` (T, 3) and ``heldout`` (H, 3) int64 (anchor, positive, negative) triplets whose
+    held-out anchors and positives appear nowhere in ``train``.
+    """
 
+    def __init__(self, dm: MovieLensDataModule) -> None:
+        self.options = MiningOptions.from_config(dm.view_options)
+        check_genome(dm.corpus, dm.split, self.options.genome_k, self.options.allow_future_item_features)
+        self.corpus, self.split, self.seed = dm.corpus, dm.split, dm.seed
+        self.positive_threshold = dm.positive_threshold
+        self.descriptors, self.vocabulary = item_descriptors(dm.corpus, self.options.genome_k, self.options.tags_k,
+                                                             dm.split)  # fmt: skip
 
-def descriptor_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> tuple[sp.csr_matrix, list[str]]:
-    """The corpus's item descriptors and vocabulary (:func:`item_descriptors`), kept in ``dm.derived``: all that
-    scoring needs, where training also needs :func:`triplet_data`."""
-    opts = options or MiningOptions.from_config(dm.view_options)
-    check_genome(dm.corpus, dm.split, opts.genome_k, opts.allow_future_item_features)
-    key = ("descriptors", opts.genome_k, opts.tags_k)
-    if key not in dm.derived:
-        dm.derived[key] = item_descriptors(dm.corpus, opts.genome_k, opts.tags_k, dm.split)
-    return dm.derived[key]
+    @property
+    def train(self) -> np.ndarray:
+        return self._triplets[0]
 
+    @property
+    def heldout(self) -> np.ndarray:
+        return self._triplets[1]
 
-def triplet_data(dm: MovieLensDataModule, options: MiningOptions | None = None) -> TripletData:
-    """Descriptors and mined triplets of the datamodule's split (training ratings only), kept in ``dm.derived``."""
-    opts = options or MiningOptions.from_config(dm.view_options)
-    cache = dm.derived
-    key = ("triplets", replace(opts, encoding="multi_hot"))  # the same triplets for every encoding
-    if key not in cache:
-        x, vocabulary = descriptor_data(dm, opts)
+    @cached_property
+    def _triplets(self) -> tuple[np.ndarray, np.ndarray]:
+        opts, corpus = self.options, self.corpus
         liked = None
         if opts.positives != "content":
-            liked = liked_by(dm.corpus, dm.split.train, dm.positive_threshold, opts.user_cap)
+            liked = liked_by(corpus, self.split.train, self.positive_threshold, opts.user_cap)
         content = opts.content_per_anchor if opts.positives != "ratings" else 0
         ratings = opts.ratings_per_anchor if opts.positives != "content" else 0
-        triplets = mine_triplets(x, liked, content, ratings, opts.negatives, dm.seed)
+        triplets = mine_triplets(self.descriptors, liked, content, ratings, opts.negatives, self.seed)
         if not len(triplets):
-            raise ConfigError(f"no triplet could be mined from {dm.corpus.name} with model.positives={opts.positives}")
-        train, heldout = split_by_items(triplets, opts.heldout_fraction, dm.seed)
+            raise ConfigError(f"no triplet could be mined from {corpus.name} with model.positives={opts.positives}")
+        train, heldout = split_by_items(triplets, opts.heldout_fraction, self.seed)
         if not len(train):
             raise ConfigError(f"model.heldout_fraction={opts.heldout_fraction} leaves no training triplet on "
-                              f"{dm.corpus.name}: lower it")  # fmt: skip
-        cache[key] = TripletData(x, vocabulary, train, heldout)
-    return cache[key]
+                              f"{corpus.name}: lower it")  # fmt: skip
+        return train, heldout
 
 
 def triplets_view(dm: MovieLensDataModule) -> dict[str, torch.Tensor]:
     """Training triplets as columns for :class:`~recarena.data.views.ShuffledBatches` (``rows`` = arange)."""
-    train = torch.from_numpy(triplet_data(dm).train)  # (T, 3)
+    train = torch.from_numpy(dm.prepared.train)  # (T, 3): the datamodule's TripletData
     return {"anchors": train[:, 0], "positives": train[:, 1], "negatives": train[:, 2], "rows": torch.arange(len(train))}

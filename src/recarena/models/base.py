@@ -9,6 +9,7 @@ through the shared evaluator) lives here, so every family is scored by the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -58,6 +59,11 @@ class RecommenderModule(L.LightningModule):
     #: learnt by gradient, so :mod:`recarena.run` retrains it on train + validation for the validation-best
     #: number of epochs.
     test_inputs: ClassVar[str] = "refit"
+    #: The family's data preparation, if it has one: a class of the data layer built from the datamodule once per
+    #: corpus and split (``dm.prepared``), which ``attach`` and the training view read (siamese: its descriptors and
+    #: triplets; twotower: its context tables and item features). :func:`recarena.build.build_datamodule` hands it
+    #: to the datamodule.
+    prepares: ClassVar[Callable[[Any], Any] | None] = None
 
     def __init__(
         self,

@@ -62,7 +62,7 @@ from torchmetrics.functional.classification import binary_auroc
 from recarena.data.corpus import Corpus
 from recarena.data.side_info import uses_future_item_features
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
-from recarena.data.triplets import MiningOptions, descriptor_data, triplet_data
+from recarena.data.triplets import MiningOptions, TripletData
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule
@@ -111,6 +111,7 @@ class Siamese(RecommenderModule):
     )
     needs_user_ids = False  # a user is built from their rated items, including held-out users' known ratings
     test_inputs = "read"  # users are weighted means of their rated items
+    prepares = TripletData  # descriptors and triplets, shared with the ``triplets`` view
 
     def __init__(
         self,
@@ -297,7 +298,8 @@ class Siamese(RecommenderModule):
     # ------------------------------------------------------------------ data
     def attach(self, dm: Any) -> None:
         super().attach(dm)
-        x, vocabulary = descriptor_data(dm, self.mining)
+        data: TripletData = dm.prepared
+        x, vocabulary = data.descriptors, data.vocabulary
         self.future_item_features = uses_future_item_features(dm.corpus, dm.split, self.mining.genome_k)
         text = self.mining.encoding == "text"
         if self.first is None:
@@ -320,7 +322,7 @@ class Siamese(RecommenderModule):
                              persistent=False)  # fmt: skip
         # Held-out triplets (for the AUC) are mined on the first evaluation: a loaded run that only scores never
         # mines (~40 s at 25M ratings).
-        self._heldout_source = dm
+        self._data = data
         self.heldout = None
 
     def read_inputs(self, corpus: Corpus, split: Any, rows: np.ndarray) -> None:
@@ -330,7 +332,7 @@ class Siamese(RecommenderModule):
     def _heldout_triplets(self) -> torch.Tensor:
         """(H, 3) held-out triplets of the attached data (mined once)."""
         if self.heldout is None:
-            self.heldout = torch.from_numpy(triplet_data(self._heldout_source, self.mining).heldout)
+            self.heldout = torch.from_numpy(self._data.heldout)
         return self.heldout
 
     def user_profiles(self, corpus: Corpus, rows: np.ndarray) -> tuple[torch.Tensor, ...]:

@@ -36,7 +36,6 @@ Run: ``python train.py model=twotower`` (``split=users`` scores held-out users f
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 from typing import Any
 
@@ -45,9 +44,9 @@ import torch
 
 from recarena.data.features import (
     ITEM_SIDE_INPUTS,
+    FeatureData,
     build_context_arrays,
     item_feature_width,
-    item_features,
     user_context_arrays,
 )
 from recarena.errors import ConfigError
@@ -93,6 +92,7 @@ class TwoTower(RecommenderModule):
     )
     needs_user_ids = False
     test_inputs = "read"  # users are built from their ratings
+    prepares = FeatureData.from_datamodule  # context tables and item features, once per corpus and split
 
     def __init__(
         self,
@@ -140,38 +140,41 @@ class TwoTower(RecommenderModule):
         history = IdEmbedding(n_items, history_dim, hash_tables, hash_size, sparse) if "history" in self.user_inputs else None
         self.user_tower = UserTower(self.user_inputs, n_context, n_genres, dim, history, history_length, item_bias, dropout,
                                     input_dropout)
-        self._features_for: str | None = None
+        self._features_from: FeatureData | None = None
 
     # ------------------------------------------------------------------ features (training part only)
     def attach(self, dm: Any) -> None:
         super().attach(dm)
-        if self._features_for == dm.split.fingerprint:  # fit, validate and test share one split
-            return
-        self.build_features(dm.corpus, dm.split)
-        self._features_for = dm.split.fingerprint
+        data: FeatureData = dm.prepared
+        if self._features_from is not data:  # fit, validate and test share one split: load its tables once
+            self.load_features(data, dm.corpus)
 
     def read_inputs(self, corpus: Any, split: Any, rows: np.ndarray) -> None:
         """Users' contexts end after every rating the test may know (statistics stay the training ones)."""
         extra = np.setdiff1d(rows, split.train)  # known + validation rows
         arrays = build_context_arrays(corpus, split.train, extra, self.context_items, self.history_threshold)
         self.lookup.load(arrays)
-        self._features_for = None  # a later attach() rebuilds the training tables
+        self._features_from = None  # a later attach() loads the training tables again
 
     def build_features(self, corpus: Any, split: Any) -> None:
-        """Contexts from the split's training rows (+ known rows of held-out users); item side features."""
-        started = time.perf_counter()
-        arrays = build_context_arrays(corpus, split.train, split.known, self.context_items, self.history_threshold)
+        """Contexts from the split's training rows (+ known rows of held-out users); item side features: what
+        ``attach`` loads from the datamodule's :class:`FeatureData`, for a model used without one."""
+        self.load_features(FeatureData(corpus, split, self.item_inputs, self.context_items, self.history_threshold,
+                                       self.n_tags), corpus)  # fmt: skip
+
+    def load_features(self, data: FeatureData, corpus: Any) -> None:
+        """The prepared tables into the model's lookups and item tower; hashed id rows keyed by MovieLens id."""
+        arrays = data.contexts
         self.lookup.load(arrays)
-        features = torch.as_tensor(item_features(corpus, self.item_inputs, self.n_tags, split))
-        self.item_tower.features = features.to(self.item_tower.features.device)
+        self.item_tower.features = torch.as_tensor(data.item_features).to(self.item_tower.features.device)
         for name, ids in (("item", self.item_tower.id_embedding), ("history", self.user_tower.history)):
             if ids is not None and ids.hash_tables:
                 per_table, full = ids.set_keys(corpus.item_ids)
                 log.info("twotower %s hashing: %d tables x %d rows; %.1f%% of items share a row per table, "
                          "%.3f%% share all rows", name, ids.hash_tables, ids.hash_size, 100 * per_table, 100 * full)
-        log.info("twotower features: %d input ratings, %d snapshots, %d context-item ratings, %d positives (%.2f s)",
-                 len(arrays.items), len(arrays.snap), len(arrays.ctx_flat), len(arrays.pos_flat),
-                 time.perf_counter() - started)  # fmt: skip
+        log.info("twotower features: %d input ratings, %d snapshots, %d context-item ratings, %d positives",
+                 len(arrays.items), len(arrays.snap), len(arrays.ctx_flat), len(arrays.pos_flat))  # fmt: skip
+        self._features_from = data
 
     # ------------------------------------------------------------------ towers
     def _users(
