@@ -66,6 +66,14 @@ def _as_index(name: str, values: Any, upper: int) -> np.ndarray:
     return arr
 
 
+def _by_user(users: np.ndarray, n_users: int, *columns: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """CSR layout by user: ``indptr`` (n_users + 1,) and the columns sorted by user. The sort is stable, so a
+    user's entries stay in input order and batches round-trip exactly."""
+    order = np.argsort(users, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))]).astype(np.int64)
+    return indptr, tuple(column[order] for column in columns)
+
+
 def _gather(indptr: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows within the chunk and positions in the user-sorted arrays of every entry of ``users``.
 
@@ -111,7 +119,20 @@ class EvalData:
             raise DataError(f"EvalData: need n_users >= 0 and n_items >= 1, got {n_users}, {n_items}")
         self.n_users = int(n_users)
         self.n_items = int(n_items)
+        ex_u, ex_i, ho_u, ho_i, ho_r = self._checked(exclude_users, exclude_items, heldout_users, heldout_items,
+                                                     heldout_ratings)  # fmt: skip
+        self._ex_indptr, (self._ex_item,) = _by_user(ex_u, self.n_users, ex_i)
+        self._ho_indptr, (self._ho_item, self._ho_rating) = _by_user(ho_u, self.n_users, ho_i, ho_r)
+        users = np.flatnonzero(np.diff(self._ho_indptr) > 0).astype(np.int64)
+        self.n_users_all = int(users.size)
+        if max_users is not None and users.size > int(max_users):
+            # A uniform sample keeps every metric an unbiased estimate of its all-user mean (users are the unit).
+            users = np.sort(np.random.default_rng([seed, 7]).choice(users, int(max_users), replace=False))
+        self._users = users
 
+    def _checked(self, exclude_users: Any, exclude_items: Any, heldout_users: Any, heldout_items: Any,
+                 heldout_ratings: Any) -> tuple[np.ndarray, ...]:  # fmt: skip
+        """The five columns as index / float32 arrays, in range and of matching shapes, else a :class:`DataError`."""
         ex_u = _as_index("exclude_users", exclude_users, self.n_users)
         ex_i = _as_index("exclude_items", exclude_items, self.n_items)
         ho_u = _as_index("heldout_users", heldout_users, self.n_users)
@@ -130,23 +151,7 @@ class EvalData:
             raise DataError(
                 "EvalData: heldout_ratings holds NaN or infinite values: drop or fix those ratings"
             )
-
-        # Stable sort by user: a user's entries stay in input order, so batches round-trip exactly.
-        ex_order = np.argsort(ex_u, kind="stable")
-        ho_order = np.argsort(ho_u, kind="stable")
-        self._ex_item = ex_i[ex_order]
-        self._ho_item = ho_i[ho_order]
-        self._ho_rating = ho_r[ho_order]
-        ex_counts = np.bincount(ex_u, minlength=self.n_users)
-        ho_counts = np.bincount(ho_u, minlength=self.n_users)
-        self._ex_indptr = np.concatenate([[0], np.cumsum(ex_counts)]).astype(np.int64)
-        self._ho_indptr = np.concatenate([[0], np.cumsum(ho_counts)]).astype(np.int64)
-        self._users = np.flatnonzero(ho_counts > 0).astype(np.int64)
-        self.n_users_all = int(self._users.size)
-        if max_users is not None and self._users.size > int(max_users):
-            # A uniform sample keeps every metric an unbiased estimate of its all-user mean (users are the unit).
-            sample = np.random.default_rng([seed, 7]).choice(self._users, int(max_users), replace=False)
-            self._users = np.sort(sample)
+        return ex_u, ex_i, ho_u, ho_i, ho_r
 
     @property
     def users(self) -> np.ndarray:
