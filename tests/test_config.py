@@ -37,6 +37,29 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     OmegaConf.to_container(split_job(cfg)[0], resolve=True)
 
 
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every scalar or list in a plain (dict/list) config."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@pytest.mark.parametrize("family", options("family"))
+def test_every_family_preset_value_reaches_the_run(family: str, tmp_path: Path) -> None:
+    """Each value a preset sets is the composed run's value: a preset composed before train.yaml's own keys lost
+    its batch_size (twotower_inbatch's chosen 4096 trained at the default 1024)."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "family" / f"{family}.yaml"))
+    preset.pop("defaults", None)
+    cfg = compose_config([f"family={family}"], tmp_path)
+    for key, value in _leaves(preset).items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_builds_with_its_default_loss(model: str, tmp_path: Path) -> None:
     cfg = compose_config([f"model={model}"], tmp_path)
