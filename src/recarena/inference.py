@@ -240,11 +240,19 @@ class Run:
         if made_up:
             return self._made_up(liked, liked_ids, likes_genre, dislikes_genre, k)
         if user is not None:
-            items, scores = self.top_k(self.user_indices([user]), k)
-            keep = items[0] >= 0
-            frame = self.items(items[0, keep])
-            return frame.assign(score=scores[0, keep], rank=np.arange(1, int(keep.sum()) + 1))
-        index = np.unique(self.corpus.users[self.split.train]) if users is None else self.user_indices(users)
+            return self._one_user(user, k)
+        return self._many_users(np.unique(self.corpus.users[self.split.train]) if users is None
+                                else self.user_indices(users), k)  # fmt: skip
+
+    def _one_user(self, user: int, k: int) -> pd.DataFrame:
+        """``recommend(user=ID)``: movie_id, title, year, genres, score, rank."""
+        items, scores = self.top_k(self.user_indices([user]), k)
+        keep = items[0] >= 0
+        frame = self.items(items[0, keep])
+        return frame.assign(score=scores[0, keep], rank=np.arange(1, int(keep.sum()) + 1))
+
+    def _many_users(self, index: np.ndarray, k: int) -> pd.DataFrame:
+        """``recommend(users=...)`` of user indices: one row per (user, rank): user_id, rank, movie_id, score."""
         items, scores = self.top_k(index, k)
         rows, ranks = np.nonzero(items >= 0)
         return pd.DataFrame({

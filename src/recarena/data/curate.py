@@ -67,14 +67,21 @@ def _knobs(cfg: Mapping) -> dict[str, Any]:
     return k
 
 
+#: The knobs in the order curation applies them (each reads what the previous ones left).
+_ORDER = ("min_item_ratings", "min_item_mean", "min_user_ratings", "max_users", "fraction")
+
+
+def _is_on(k: Mapping[str, Any], knob: str) -> bool:
+    value = k[knob]
+    if knob == "fraction":
+        return value < 1.0
+    if knob in ("min_item_ratings", "min_user_ratings"):
+        return value > 0
+    return value is not None
+
+
 def _active(k: Mapping[str, Any]) -> bool:
-    return bool(
-        k["min_item_ratings"] > 0
-        or k["min_user_ratings"] > 0
-        or k["min_item_mean"] is not None
-        or k["max_users"] is not None
-        or k["fraction"] < 1.0
-    )
+    return any(_is_on(k, knob) for knob in _ORDER)
 
 
 def _samples(k: Mapping[str, Any]) -> bool:
@@ -131,38 +138,52 @@ def curate(corpus: Corpus, cfg: Mapping, seed: int, known_share: float = 1.0) ->
     k = _knobs(cfg)
     if not _active(k):
         return corpus
-    seed = _seed(k, seed)
+    step = _Step(corpus, k, _seed(k, seed), known_share)
     rows = np.arange(corpus.n_ratings, dtype=np.int64)
+    for knob in _ORDER:
+        if _is_on(k, knob):
+            rows = step.keep(rows, getattr(step, knob)(rows), knob)
+    return corpus.subset(rows)
 
-    def keep(mask: np.ndarray, knob: str) -> np.ndarray:
+
+class _Step:
+    """One curation knob at a time: each method takes the rows still kept and returns which of them stay."""
+
+    def __init__(self, corpus: Corpus, knobs: Mapping[str, Any], seed: int, known_share: float) -> None:
+        self.corpus, self.k, self.seed, self.known_share = corpus, knobs, seed, known_share
+
+    def keep(self, rows: np.ndarray, mask: np.ndarray, knob: str) -> np.ndarray:
         kept = rows[mask]
         if not len(kept):
             raise DataError(
-                f"data.curation.{knob}={k[knob]} removed every remaining rating of {corpus.name} "
-                f"({len(rows)} before it): relax that option (curation order: min_item_ratings, min_item_mean, "
-                f"min_user_ratings, max_users, fraction)."
+                f"data.curation.{knob}={self.k[knob]} removed every remaining rating of {self.corpus.name} "
+                f"({len(rows)} before it): relax that option (curation order: {', '.join(_ORDER)})."
             )
         return kept
 
-    if k["min_item_ratings"] > 0:
-        counts = np.bincount(corpus.items[rows], minlength=corpus.n_items)
-        rows = keep(counts[corpus.items[rows]] >= k["min_item_ratings"], "min_item_ratings")
-    if k["min_item_mean"] is not None:
-        means = _early_item_means(corpus, rows, known_share)
-        rows = keep(means[corpus.items[rows]] >= k["min_item_mean"], "min_item_mean")  # NaN (no early rating): out
-    if k["min_user_ratings"] > 0:
-        counts = np.bincount(corpus.users[rows], minlength=corpus.n_users)
-        rows = keep(counts[corpus.users[rows]] >= k["min_user_ratings"], "min_user_ratings")
-    if k["max_users"] is not None:
-        present = np.unique(corpus.users[rows])
-        if len(present) > k["max_users"]:
-            chosen = np.zeros(corpus.n_users, dtype=bool)
-            chosen[_rng(seed, 1).choice(present, size=k["max_users"], replace=False)] = True
-            rows = keep(chosen[corpus.users[rows]], "max_users")
-    if k["fraction"] < 1.0:
+    def min_item_ratings(self, rows: np.ndarray) -> np.ndarray:
+        counts = np.bincount(self.corpus.items[rows], minlength=self.corpus.n_items)
+        return counts[self.corpus.items[rows]] >= self.k["min_item_ratings"]
+
+    def min_item_mean(self, rows: np.ndarray) -> np.ndarray:
+        means = _early_item_means(self.corpus, rows, self.known_share)
+        return means[self.corpus.items[rows]] >= self.k["min_item_mean"]  # NaN (no early rating): out
+
+    def min_user_ratings(self, rows: np.ndarray) -> np.ndarray:
+        counts = np.bincount(self.corpus.users[rows], minlength=self.corpus.n_users)
+        return counts[self.corpus.users[rows]] >= self.k["min_user_ratings"]
+
+    def max_users(self, rows: np.ndarray) -> np.ndarray:
+        present = np.unique(self.corpus.users[rows])
+        if len(present) <= self.k["max_users"]:
+            return np.ones(len(rows), dtype=bool)
+        chosen = np.zeros(self.corpus.n_users, dtype=bool)
+        chosen[_rng(self.seed, 1).choice(present, size=self.k["max_users"], replace=False)] = True
+        return chosen[self.corpus.users[rows]]
+
+    def fraction(self, rows: np.ndarray) -> np.ndarray:
         # Round half up; the sample is sorted back to file order, which breaks timestamp ties in the splits.
-        n = int(np.floor(k["fraction"] * len(rows) + 0.5))
+        n = int(np.floor(self.k["fraction"] * len(rows) + 0.5))
         picked = np.zeros(len(rows), dtype=bool)
-        picked[_rng(seed, 2).choice(len(rows), size=n, replace=False)] = True
-        rows = keep(picked, "fraction")
-    return corpus.subset(rows)
+        picked[_rng(self.seed, 2).choice(len(rows), size=n, replace=False)] = True
+        return picked

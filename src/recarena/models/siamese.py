@@ -147,18 +147,21 @@ class Siamese(RecommenderModule):
         self.widths = [int(w) for w in hidden] + [int(out_dim)]
         self.user_weighting = user_weighting
         self.item_ids = item_ids
-        # Until setup() reads the data: no descriptor and no user profile (every score 0).
+        self._empty_tables()
+        self.first: nn.EmbeddingBag | nn.Linear | None = None  # the first layer, once the vocabulary is known
+        if n_descriptors is not None:
+            self._build_encoder(int(n_descriptors))
+
+    def _empty_tables(self) -> None:
+        """Until ``attach`` reads the data: no descriptor and no user profile (every score 0)."""
         n_items, n_users = self.schema.n_items, self.schema.n_users
         self._set_csr("desc", torch.zeros(n_items + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long))
         self._set_csr("prof", torch.zeros(n_users + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                       torch.zeros(0))
         self.heldout = torch.zeros(0, 3, dtype=torch.long)
         self._item_cache: torch.Tensor | None = None
-        self.first: nn.EmbeddingBag | nn.Linear | None = None  # the first layer, once the vocabulary is known
         self.vocabulary: list[str] = []  # descriptor texts, by column (attach)
         self.genre_columns: list[int] = []  # descriptor column of each schema genre, -1 when none (attach)
-        if n_descriptors is not None:
-            self._build_encoder(int(n_descriptors))
 
     # ------------------------------------------------------------------ network
     def _build_encoder(self, n_descriptors: int) -> None:

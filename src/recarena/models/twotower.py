@@ -124,23 +124,33 @@ class TwoTower(RecommenderModule):
         for option, value in (("context_items", context_items), ("history_length", history_length)):
             if int(value) < 1:
                 raise ConfigError(f"model.{option} must be a positive integer, got {value}")
-        sparse = self.sparse_embeddings(optimizer)
-        n_users, n_items, n_genres = self.schema.n_users, self.schema.n_items, len(self.schema.genre_names)
         self.context_items, self.history_threshold, self.n_tags = int(context_items), history_threshold, n_tags
         self.mean_shrinkage, self.l2 = float(mean_shrinkage), float(l2)
-        n_context = min(self.context_items, n_items)
-        self.lookup = ContextLookup(n_users, n_items, n_genres)
-        n_features = item_feature_width(self.item_inputs, n_genres, n_tags)
-        feature_dim = feature_dim if n_features else 0
-        item_ids = IdEmbedding(n_items, id_dim, hash_tables, hash_size, sparse) if "item_id" in self.item_inputs else None
-        self.item_tower = ItemTower(n_items, n_features, feature_dim, id_dim, item_bias, item_ids, sparse)
-        dim = feature_dim + (id_dim if item_ids is not None else 0)
+        sparse = self.sparse_embeddings(optimizer)
+        self.lookup = ContextLookup(self.schema.n_users, self.schema.n_items, len(self.schema.genre_names))
+        self.item_tower, dim = self._build_item_tower(sparse)
+        self.user_tower = self._build_user_tower(sparse, dim)
+        self._features_from: FeatureData | None = None
+
+    def _build_item_tower(self, sparse: bool) -> tuple[ItemTower, int]:
+        """Side features through a linear layer, beside an id embedding (hashed or not): ``model.item_inputs``;
+        and its output width (without the bias column)."""
+        h, n_items = self.hparams, self.schema.n_items
+        n_features = item_feature_width(self.item_inputs, len(self.schema.genre_names), self.n_tags)
+        feature_dim = h.feature_dim if n_features else 0
+        ids = IdEmbedding(n_items, h.id_dim, h.hash_tables, h.hash_size, sparse) if "item_id" in self.item_inputs else None
+        dim = feature_dim + (h.id_dim if ids is not None else 0)
         if dim == 0:
             raise ConfigError(f"model.item_inputs={self.item_inputs} give the item tower no width")
-        history = IdEmbedding(n_items, history_dim, hash_tables, hash_size, sparse) if "history" in self.user_inputs else None
-        self.user_tower = UserTower(self.user_inputs, n_context, n_genres, dim, history, history_length, item_bias, dropout,
-                                    input_dropout)
-        self._features_from: FeatureData | None = None
+        return ItemTower(n_items, n_features, feature_dim, h.id_dim, h.item_bias, ids, sparse), dim
+
+    def _build_user_tower(self, sparse: bool, dim: int) -> UserTower:
+        """The user's inputs (``model.user_inputs``) into the item tower's width ``dim``."""
+        h, n_items = self.hparams, self.schema.n_items
+        history = (IdEmbedding(n_items, h.history_dim, h.hash_tables, h.hash_size, sparse)
+                   if "history" in self.user_inputs else None)  # fmt: skip
+        return UserTower(self.user_inputs, min(self.context_items, n_items), len(self.schema.genre_names), dim,
+                         history, h.history_length, h.item_bias, h.dropout, h.input_dropout)  # fmt: skip
 
     # ------------------------------------------------------------------ features (training part only)
     def attach(self, dm: Any) -> None:
