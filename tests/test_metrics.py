@@ -426,6 +426,15 @@ def test_fast_topk_matches_exact_keys(seed: int) -> None:
     exclude = torch.rand(64, 300, generator=g) < 0.3
     exclude[7, 5:] = True  # a user with fewer rankable items than k
     tie_rank = seeded_tie_rank(300, seed)
+    pairs = tuple(exclude.nonzero().T)  # the same exclusion as (rows, items) pairs, as the evaluator passes it
     for k in (1, 10, 20):
-        assert torch.equal(topk_items(scores, exclude, k), topk_items_exact(scores, exclude, k))
-        assert torch.equal(topk_items(scores, exclude, k, tie_rank), topk_items_exact(scores, exclude, k, tie_rank))
+        expected = topk_items_exact(scores, exclude, k)
+        assert torch.equal(topk_items(scores, exclude, k), expected)
+        assert torch.equal(topk_items(scores, pairs, k), expected)
+        assert torch.equal(topk_items_exact(scores, pairs, k), expected)
+        tied = topk_items_exact(scores, exclude, k, tie_rank)
+        assert torch.equal(topk_items(scores, exclude, k, tie_rank), tied)
+        scratch = scores.clone()
+        assert torch.equal(topk_items(scratch, pairs, k, tie_rank, overwrite=True), tied)
+        assert torch.isneginf(scratch[exclude]).all()  # written in place, and only where excluded
+        assert torch.equal(scratch[~exclude].nan_to_num(), scores[~exclude].nan_to_num())

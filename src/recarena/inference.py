@@ -30,7 +30,7 @@ from recarena.data.corpus import Corpus
 from recarena.data.datamodule import MovieLensDataModule
 from recarena.data.heldout import EvalData, effective_chunk_size
 from recarena.errors import RunError, one_line
-from recarena.evaluation.ranking import exclusion_mask, seeded_tie_rank, topk_items
+from recarena.evaluation.ranking import exclusion_pairs, seeded_tie_rank, topk_items
 from recarena.models.base import RecommenderModule
 from recarena.rundir import DAMAGED, check_k, checkpoint_path, read_run_data, read_run_meta, user_codes
 from recarena.titles import resolve_movie
@@ -189,7 +189,7 @@ class Run:
         for start in range(0, len(users), chunk):
             batch = {key: v.to(device) for key, v in self._seen.batch_for(users[start : start + chunk]).items()}
             values = self.model.score_all(batch["users"])  # (B, n_items)
-            top = topk_items(values, exclusion_mask(batch, n_items), k, self.tie_rank)  # (B, k), -1 past the unseen
+            top = topk_items(values, exclusion_pairs(batch), k, self.tie_rank)  # (B, k), -1 past the unseen
             items[start : start + chunk] = top.cpu().numpy()
             scores[start : start + chunk] = values.gather(1, top.clamp(min=0)).float().cpu().numpy()
         return items, scores

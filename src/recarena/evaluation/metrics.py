@@ -49,7 +49,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.utilities import dim_zero_cat
 
-from recarena.evaluation.ranking import dense_masks, hit_matrix, seeded_tie_rank, topk_items
+from recarena.evaluation.ranking import exclusion_pairs, in_sorted, seeded_tie_rank, topk_items
 from recarena.evaluation.registry import (
     ACCURACY_METRICS,
     BEYOND_METRICS,
@@ -205,16 +205,18 @@ class RankingMetrics(Metric):
             self._const_cache[device] = {k: v.to(device) for k, v in self._const_cpu.items()}
         return self._const_cache[device]
 
-    def update(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:  # type: ignore[override]
+    def update(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor],  # type: ignore[override]
+               overwrite: bool = False) -> None:  # fmt: skip
         """Accumulate one chunk: ``scores`` ``(B, n_items)`` for ``batch["users"]`` (row r = users[r]). Rank, then
-        score the ranked users' lists (accuracy and beyond-accuracy), then add them to the states."""
+        score the ranked users' lists (accuracy and beyond-accuracy), then add them to the states.
+        ``overwrite=True``: ``scores`` is scratch the metric may write into (see :func:`topk_items`)."""
         n_rows = batch["users"].shape[0]
         if scores.shape != (n_rows, self.n_items):
             raise ValueError(
                 f"scores must be (B, n_items) = ({n_rows}, {self.n_items}), got {tuple(scores.shape)}"
             )
         c = self._const(scores.device)
-        top, hits, n_rel, ranked = self._rank(scores.detach(), batch)
+        top, hits, n_rel, ranked = self._rank(scores.detach(), batch, overwrite)
         accuracy = self._accuracy(hits, n_rel, c)
         pop_k, tail_k, n_slots = self._beyond(top, c)
         for name, values in zip(ACCURACY_METRICS, accuracy, strict=True):
@@ -233,17 +235,17 @@ class RankingMetrics(Metric):
             self.pu_user.append(batch["users"][ranked].to(torch.int64))
             self.pu_n_relevant.append(n_rel.to(torch.int64))
 
-    def _rank(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _rank(self, scores: torch.Tensor, batch: Mapping[str, torch.Tensor],
+              overwrite: bool) -> tuple[torch.Tensor, ...]:  # fmt: skip
         """The top ``k_max`` items (-1 where no rankable item is left), their hits and |Rel(u)| of the ranked users
         (those with a relevant held-out item; the others are counted as skipped), and which rows those are."""
         n_rows = scores.shape[0]
-        exclude, relevant = dense_masks(batch, self.n_items, self.relevance_threshold)
-        # |relevant| per row from the sparse held-out pairs (unique, as the dense mask collapses duplicates):
-        # summing the (B, n_items) mask would read the whole chunk again.
         rel_rows, rel_items = batch["held_row"], batch["held_item"]
         if self.relevance_threshold is not None:
             keep = batch["held_rating"] >= self.relevance_threshold
             rel_rows, rel_items = rel_rows[keep], rel_items[keep]
+        # The relevant (row, item) pairs as sorted unique keys row * n_items + item: |Rel| per row is a bincount
+        # and a hit a binary search, with no (B, n_items) mask to fill.
         pairs = torch.unique(rel_rows * self.n_items + rel_items)
         n_rel = torch.bincount(pairs // self.n_items, minlength=n_rows)
         ranked = n_rel > 0
@@ -251,11 +253,12 @@ class RankingMetrics(Metric):
         self.users_ranked += n_ranked
         self.users_skipped += n_rows - n_ranked
         # Rank every row, then keep the ranked users' (B', k) results: cheaper than copying the (B, n_items)
-        # scores and masks of the ranked rows first (skipped users are a small minority).
+        # scores of the ranked rows first (skipped users are a small minority).
         tie_rank = self._const(scores.device).get("tie_rank")
-        top_all = topk_items(scores, exclude, self.k_max, tie_rank)  # (B, k_max)
-        hits = hit_matrix(top_all, relevant)[ranked]  # (B', k_max) bool
-        return top_all[ranked], hits, n_rel[ranked], ranked
+        top = topk_items(scores, exclusion_pairs(batch), self.k_max, tie_rank, overwrite)[ranked]  # (B', k_max)
+        rows = torch.arange(n_rows, device=scores.device)[ranked]
+        hits = in_sorted(rows[:, None] * self.n_items + top, pairs) & (top >= 0)  # (B', k_max); NO_ITEM never hits
+        return top, hits, n_rel[ranked], ranked
 
     @staticmethod
     def _per_k(x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:

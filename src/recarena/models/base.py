@@ -144,7 +144,8 @@ class RecommenderModule(L.LightningModule):
         raise NotImplementedError
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of every catalogue item for each user: (B,) -> (B, n_items). Higher = recommended first."""
+        """Scores of every catalogue item for each user: (B,) -> (B, n_items). Higher = recommended first.
+        A fresh tensor (not a view of the model's own), which the evaluator overwrites in place."""
         raise NotImplementedError
 
     def item_similarity_vectors(self) -> torch.Tensor | None:
@@ -244,8 +245,8 @@ class RecommenderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, torch.Tensor], ranking: RankingMetrics, rating: RatingMetrics) -> None:
-        scores = self.score_all(batch["users"])  # (B, n_items)
-        ranking.update(scores, batch)
+        scores = self.score_all(batch["users"])  # (B, n_items), fresh: the metric writes into it
+        ranking.update(scores, batch, overwrite=True)
         if self.predicts_ratings and batch["held_item"].numel():
             users = batch["users"][batch["held_row"]]
             rating.update(self.predict_ratings(users, batch["held_item"]), batch["held_rating"])

@@ -40,4 +40,4 @@ class Popularity(RecommenderModule):
         return self.popularity[items]
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.popularity.expand(len(users), -1)
+        return self.popularity.expand(len(users), -1).clone()  # fresh: the evaluator writes into it
