@@ -254,3 +254,22 @@ def test_the_progress_bar_counts_epochs_from_one_as_metrics_json_does() -> None:
     bar = ProgressBar()
     bar._trainer = SimpleNamespace(max_epochs=4)
     assert bar._get_train_description(2).strip() == "epoch 3 of 4"
+
+
+def test_the_best_epochs_validation_is_read_not_computed_again(make_cfg, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """After fit, metrics.json's validation is the best checkpoint's epoch as recorded during training (no second
+    validation pass), and equals a fresh validation of that checkpoint."""
+    import lightning as L
+
+    from recarena import load_run
+    from recarena.inspection import evaluate
+
+    calls = []
+    validate = L.Trainer.validate
+    monkeypatch.setattr(L.Trainer, "validate", lambda self, *a, **k: calls.append(k) or validate(self, *a, **k))
+    result = train(make_cfg("model=mf", "trainer.max_epochs=4", "callbacks.early_stopping.patience=10"))
+    assert calls == [] and result["best_epoch"] is not None
+    again = evaluate(load_run(tmp_path / "run"), part="val")
+    for key in ("val/ndcg@10", "val/recall@20", "val/rmse"):
+        assert result["val"][key] == pytest.approx(float(again[key.split("/", 1)[1]]), rel=1e-5), key

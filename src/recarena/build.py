@@ -25,6 +25,7 @@ from recarena.paths import CONF_DIR
 from recarena.random_state import RandomState
 from recarena.resolvers import register_resolvers
 from recarena.timing import EpochTimer
+from recarena.validation_record import ValidationRecord
 
 #: ``${hydra:runtime.output_dir}`` and friends in conf/: under ``@hydra.main`` Hydra's global job config answers
 #: them; :func:`compose` replaces them by the values of the config's own ``hydra`` node instead.
@@ -71,7 +72,9 @@ def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Tra
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks += [timer, RandomState()]  # RandomState: a resumed run draws what the straight run would have
+    # RandomState: a resumed run draws what the straight run would have; ValidationRecord: the best epoch's
+    # validation metrics without validating its checkpoint again.
+    callbacks += [timer, RandomState(), ValidationRecord()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
                        plugins=[AtomicCheckpointIO()])  # fmt: skip
 

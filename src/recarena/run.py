@@ -42,6 +42,7 @@ from recarena.run_config import run_hyperparameters
 from recarena.rundir import SHARED_RUN_DATA, clear_run_dir, same_config, save_run_data
 from recarena.threads import AUTO, job_threads, use_threads
 from recarena.timing import EpochTimer
+from recarena.validation_record import ValidationRecord
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,17 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, dm: Movi
 def _validate_best(trainer: L.Trainer, model: L.LightningModule, dm: MovieLensDataModule,
                    best_path: str | None) -> dict[str, float]:  # fmt: skip
     """The validation metrics of the model that is tested: after training, ``callback_metrics`` hold the last
-    epoch's, so the best checkpoint is validated again. Not logged: the curves (CSV, W&B) show each epoch once;
-    the summary is written from metrics.json."""
-    if best_path:
-        with _loggers_off(trainer):
-            trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
+    epoch's, so the best checkpoint's epoch is read from the :class:`ValidationRecord`, or, when the record lacks
+    it, that checkpoint is validated again. Not logged: the curves (CSV, W&B) show each epoch once; the summary is
+    written from metrics.json."""
+    if not best_path:
+        return _metrics_with_prefix(trainer, "val/")
+    record = next((c for c in trainer.callbacks if isinstance(c, ValidationRecord)), None)
+    recorded = record.epochs.get(_checkpoint_epochs(best_path) - 1) if record is not None else None
+    if recorded:
+        return dict(recorded)
+    with _loggers_off(trainer):
+        trainer.validate(model, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=False)
     return _metrics_with_prefix(trainer, "val/")
 
 
