@@ -50,8 +50,9 @@ test: install-test data lint ## install test extras, fill the data cache, lint, 
 test-fast: install-test ## the suite without slow tests
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: install ## throughput, scale and inference benchmarks (minutes)
+bench: install ## throughput, scale, ranking and inference benchmarks (minutes)
 	$(PY) bench/throughput.py
+	$(PY) bench/ranking.py
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py
 	$(PY) bench/reference.py

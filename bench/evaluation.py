@@ -9,19 +9,19 @@ metric at K = 10, 20) for an MF model, best of ``--repeats``. Target: under 1 s.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
-from recarena.timing import EpochTimer  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from recarena.build import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compose,
+)
+from recarena.timing import EpochTimer
 
 
 def main() -> None:
@@ -30,11 +30,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(
-            [f"data={args.data}", "model=mf", "trainer=cpu", "trainer.enable_progress_bar=false", "~logger",
-             "~callbacks", "verbose=false"],
-            Path(tmp),
-        )
+        cfg = compose(f"data={args.data}", "model=mf", "trainer=cpu", "trainer.enable_progress_bar=false", "~logger",
+                      "~callbacks", "verbose=false", output_dir=Path(tmp))  # fmt: skip
         dm = build_datamodule(cfg, "pairs")
         dm.prepare_data()
         dm.setup("fit")

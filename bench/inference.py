@@ -25,17 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 
 def train_mf(out: Path) -> Path:
+    from recarena.build import compose
     from recarena.run import train
-    from tests.conftest import compose_config
 
     overrides = ["data=ml-100k", "model=mf", "trainer=cpu", "trainer.max_epochs=2",
                  "trainer.enable_progress_bar=false", "verbose=false"]  # fmt: skip
-    train(compose_config(overrides, out))
+    train(compose(*overrides, output_dir=out))
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +24,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from recarena import paths  # noqa: E402
-from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
-from recarena.data.sources import load_corpus  # noqa: E402
-from recarena.data.synthetic import ensure_synthetic  # noqa: E402
-from recarena.timing import EpochTimer  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from recarena import paths
+from recarena.build import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compose,
+)
+from recarena.data.sources import load_corpus
+from recarena.data.synthetic import ensure_synthetic
+from recarena.timing import EpochTimer
 
 
 def peak_rss_gb() -> float:
@@ -99,7 +99,7 @@ def time_twotower(dm, batch_size: int) -> None:
 def time_mlp_eval(overrides: list[str], out: Path, max_users: int) -> None:
     """model=mlp's full-catalogue test evaluation (the MLP over every user x item) on ``eval.max_users`` users;
     the weights are untrained: the cost does not depend on them."""
-    cfg = compose_config([*overrides, "model=mlp", "optimizer=adam", f"eval.max_users={max_users}"], out)
+    cfg = compose(*overrides, "model=mlp", "optimizer=adam", f"eval.max_users={max_users}", output_dir=out)
     dm = build_datamodule(cfg, "pairs")
     dm.setup("fit")
     model = build_model(cfg, dm)
@@ -136,7 +136,7 @@ def main() -> None:
             "trainer.enable_progress_bar=false", "~logger", "~callbacks", "+trainer.limit_val_batches=0",
             "+trainer.enable_checkpointing=false", "verbose=false",
         ]
-        cfg = compose_config(overrides, Path(cache) / "run")
+        cfg = compose(*overrides, output_dir=Path(cache) / "run")
         timed("generate (CSV, ml-latest layout)", lambda: ensure_synthetic(
             Path(cache) / "synthetic", args.n_users, args.n_items, args.n_ratings, with_tags=True, generator_seed=0))
         timed("parse + cache", lambda: load_corpus(cfg.data))

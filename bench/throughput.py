@@ -18,31 +18,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class, instantiate
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from hydra.utils import get_class, instantiate  # noqa: E402
-
-from recarena.build import build_datamodule, build_model, build_trainer  # noqa: E402
-from recarena.checks import family_presets, group_targets  # noqa: E402
-from recarena.timing import EpochTimer  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from recarena.build import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compose,
+)
+from recarena.checks import family_presets, group_targets
+from recarena.timing import EpochTimer
 
 
 def recarena_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
     """Train through Lightning with the real datamodule; returns (samples/s, seconds per epoch)."""
-    cfg = compose_config(
-        [*overrides, "trainer=cpu", "trainer.enable_progress_bar=false", "~logger", "~callbacks",
-         "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false", "verbose=false", "test=false"],
-        out,
-    )
+    cfg = compose(*overrides, "trainer=cpu", "trainer.enable_progress_bar=false", "~logger", "~callbacks",
+                  "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false", "verbose=false", "test=false",
+                  output_dir=out)  # fmt: skip
     dm = _datamodule(cfg)
     # Time one epoch first to choose how many epochs reach `seconds` of training.
     probe = _fit(cfg, dm, epochs=1, out=out)
@@ -72,7 +69,7 @@ def _fit(cfg, dm, epochs: int, out: Path) -> EpochTimer:
 
 def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
     """The same module, optimiser and tensors in a hand-written loop: permute, slice, step."""
-    cfg = compose_config([*overrides, "trainer=cpu"], out)
+    cfg = compose(*overrides, "trainer=cpu", output_dir=out)
     dm = _datamodule(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, dm)
