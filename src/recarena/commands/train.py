@@ -11,6 +11,7 @@ goes on. ``--help`` and a bad override or launcher answer before torch is import
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,10 @@ def _task(cfg: DictConfig) -> float | None:
 
     from recarena.run import train, train_job  # imported here so `--help` and config errors answer fast
 
+    # torch, Lightning and their imports leave ~10^6 long-lived objects that every full garbage collection walks
+    # again (~1 s of pauses in an ML-100K run) and that interpreter exit collects one by one (1.2-1.7 s). Moved to
+    # the permanent generation, they are never scanned: nothing created by the run itself is affected.
+    gc.freeze()
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not stop the sweep
         result = train_job(cfg)
     else:
