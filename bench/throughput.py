@@ -1,11 +1,13 @@
 """Training throughput per family: recarena (Lightning + the real datamodule) against a bare PyTorch loop.
 
-Both sides train the same module (``--model``, with its default loss or ``--loss``) with the same optimiser on the
-same tensors (the loss's view: rating pairs, positives or triplets) at the same batch size, in one process, one
-after the other, each for at least ``--seconds`` of training. The bare loop calls ``model.attach(dm)`` itself,
-which builds what the family derives from the data (two-tower context tables, mined triplets, LogQ frequencies),
-then permutes, slices and steps. Printed: samples/s of each side and their ratio (target >= 0.85), then epoch
-wall times on ML-100K at batch 64 and 1024.
+Both sides train the same maths (``--model``, with its default loss or ``--loss``) with the same optimiser on the
+same tensors at the same batch size, in one process, alternated, each for at least ``--seconds`` of training.
+For ``model=mf loss=mse`` the bare side is :class:`BareMF`, biased MF written in plain PyTorch ("bare maths"), so
+the ratio shows the whole cost of recarena's module, loss, batches and Lightning. For the other families it still
+steps recarena's own module and loss by hand ("module loop": ``model.attach(dm)``, then permute, slice, step), so
+the ratio shows Lightning's and the datamodule's share only; bare versions of their maths are still to write.
+Printed: samples/s of each side and their ratio (target >= 0.85), then epoch wall times on ML-100K at batch 64
+and 1024.
 
     python bench/throughput.py                  # MF, 2M synthetic ratings, batches 1024 and 8192, 20 s per side
     python bench/throughput.py --seconds 5 --n-ratings 500000   # a quick look
@@ -32,6 +34,7 @@ from recarena.build import (
     compose,
 )
 from recarena.checks import family_presets, group_targets
+from recarena.models.layers import rating_range
 from recarena.timing import EpochTimer
 
 
@@ -67,31 +70,72 @@ def _fit(cfg, dm, epochs: int, out: Path) -> EpochTimer:
     return timer
 
 
+class BareMF(torch.nn.Module):
+    """Biased matrix factorisation (Koren et al. 2009) with a sigmoid range, in plain PyTorch: the maths of
+    ``model=mf loss=mse`` (per-rating L2 on the touched rows) without recarena's module, loss or batches."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, y_range: tuple[float, float],
+                 l2: float) -> None:  # fmt: skip
+        super().__init__()
+        self.p, self.q = torch.nn.Embedding(n_users, dim), torch.nn.Embedding(n_items, dim)
+        self.b_u, self.b_i = torch.nn.Embedding(n_users, 1), torch.nn.Embedding(n_items, 1)
+        for table in (self.p, self.q):
+            torch.nn.init.normal_(table.weight, std=init_std)
+        for table in (self.b_u, self.b_i):
+            torch.nn.init.zeros_(table.weight)
+        self.low, self.high, self.l2 = y_range[0], y_range[1], l2
+
+    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        p, q = self.p(users), self.q(items)
+        b_u, b_i = self.b_u(users).squeeze(-1), self.b_i(items).squeeze(-1)
+        pred = self.low + (self.high - self.low) * torch.sigmoid((p * q).sum(-1) + b_u + b_i)
+        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1) + b_u.pow(2) + b_i.pow(2)).mean()
+        return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
+
+
 def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
-    """The same module, optimiser and tensors in a hand-written loop: permute, slice, step."""
+    """A hand-written loop: permute, slice, step. For ``model=mf loss=mse`` it trains :class:`BareMF` on the
+    rating columns alone (bare maths); for the other families it steps recarena's own module and loss (printed
+    as "module loop": it measures Lightning's and the datamodule's share, not the module's own overhead)."""
     cfg = compose(*overrides, "trainer=cpu", output_dir=out)
     dm = _datamodule(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg, dm)
-    model.attach(dm)  # what Lightning's setup does: loss statistics, feature tables, mined triplets
-    optimizer = model.configure_optimizers()
     tensors = dm.train_tensors
+    if _is_bare_mf(cfg):
+        s, m = dm.schema, cfg.model
+        model = BareMF(s.n_users, s.n_items, int(m.n_factors), float(m.init_std),
+                       rating_range(m.y_range, s.rating_low, s.rating_high), float(m.l2))  # fmt: skip
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+        tensors = {name: tensors[name] for name in ("users", "items", "ratings")}
+
+        def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model.loss(b["users"], b["items"], b["ratings"])
+    else:
+        module = build_model(cfg, dm)
+        module.attach(dm)  # what Lightning's setup does: loss statistics, feature tables, mined triplets
+        optimizer = module.configure_optimizers()
+
+        def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            return module.loss_fn(module, b)
+
     n, batch = dm.n_train, int(cfg.batch_size)
     samples, elapsed, epochs = 0, 0.0, 0
     while elapsed < seconds:
         started = time.perf_counter()
         order = torch.randperm(n)
-        columns = {name: column[order] for name, column in tensors.items()}  # every column the view has
+        columns = {name: column[order] for name, column in tensors.items()}
         for start in range(0, n, batch):
-            b = {name: column[start : start + batch] for name, column in columns.items()}
             optimizer.zero_grad(set_to_none=True)
-            loss = model.loss_fn(model, b)
-            loss.backward()
+            step({name: column[start : start + batch] for name, column in columns.items()}).backward()
             optimizer.step()
         elapsed += time.perf_counter() - started
         samples += n
         epochs += 1
     return samples / elapsed, elapsed / epochs
+
+
+def _is_bare_mf(cfg) -> bool:
+    return cfg.model._target_.endswith(".MatrixFactorization") and cfg.loss._target_.endswith(".MSELoss")
 
 
 #: ``--families``: every family preset of conf/family/ trained by gradient steps (the bare loop steps an optimiser).
@@ -106,8 +150,9 @@ def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: 
         bare_rates.append(bare_side(overrides, seconds / rounds, out)[0])
         our_rates.append(recarena_side(overrides, seconds / rounds, out)[0])
     bare, ours = sum(bare_rates) / rounds, sum(our_rates) / rounds
+    kind = "bare maths" if _is_bare_mf(compose(*overrides, output_dir=out)) else "module loop"
     per_round = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
-    print(f"{label:<28} bare loop {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
+    print(f"{label:<28} {kind:<11} {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
           f"ratio {ours / bare:.3f} (per round: {per_round})", flush=True)
     return ours / bare
 

@@ -168,3 +168,30 @@ def test_yaml_builds_the_documented_defaults(tmp_path: Path) -> None:
     model = instantiate(cfg.model, schema=SCHEMA, loss=instantiate(cfg.loss), _convert_="all")
     assert cfg.loss._target_.endswith("MSELoss") and model.provides >= {"ratings", "scores"} and "embeddings" not in model.provides
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [*cfg.model.hidden, 1]
+
+
+@pytest.mark.parametrize("family", ["mf", "mlp"])
+def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(family: str) -> None:
+    """MSE training asks for both at once: the same values and gradients as rating() and penalty() apart, with
+    each embedding table looked up once instead of twice."""
+    from recarena.models.mf import MatrixFactorization
+
+    torch.manual_seed(0)
+    model = (MatrixFactorization(SCHEMA, MSELoss(), l2=0.1) if family == "mf" else CollabMLP(SCHEMA, MSELoss(), l2=0.1))
+    batch = {"users": torch.tensor([1, 4, 1]), "items": torch.tensor([0, 2, 0])}
+    calls = []
+    for table in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
+        table.register_forward_hook(lambda *_: calls.append(1))
+    rating, penalty = model.rating_and_penalty(batch)
+    together = len(calls)
+    (rating.sum() + penalty).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    calls.clear()
+    apart_rating, apart_penalty = model.rating(batch), model.penalty(batch)
+    assert len(calls) == 2 * together
+    torch.testing.assert_close(rating, apart_rating)
+    torch.testing.assert_close(penalty, apart_penalty)
+    (apart_rating.sum() + apart_penalty).backward()
+    for grad, param in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(grad, param.grad)

@@ -440,3 +440,22 @@ def test_a_cut_short_release_is_refused_naming_the_file(make_cfg, tmp_path: Path
     ratings.write_bytes(ratings.read_bytes()[:-7])  # killed mid-copy: the last line is torn
     with pytest.raises(DataError, match=rf"{ratings}: the last line has no line end, so the file looks cut short"):
         train(make_cfg("data=ml-1m", f"data.root={root}", "data.expected_ratings=null", tiny=False))
+
+
+def test_bare_optimiser_steps_train_exactly_as_lightnings_wrapped_steps(make_cfg, monkeypatch) -> None:
+    """A single-process float32 run steps the torch optimiser directly (no Lightning hook to call); it must give
+    the same metrics, step count and checkpointed epoch as the wrapped path, which DDP and mixed precision take."""
+    import recarena.models.base as base
+
+    def run(bare: bool) -> dict:
+        taken = []
+        real = base.bare_steps_apply
+        monkeypatch.setattr(base, "bare_steps_apply", lambda trainer: taken.append(bare and real(trainer)) or taken[-1])
+        result = train(make_cfg("model=mf", "loss=bpr", "trainer.max_epochs=3", "scheduler=onecycle",
+                                "callbacks.early_stopping.patience=10", "overwrite=true"))  # fmt: skip
+        assert taken == [bare]
+        return result
+
+    bare, wrapped = run(True), run(False)
+    assert bare["val"] == wrapped["val"] and bare["test"] == wrapped["test"]
+    assert bare["best_epoch"] == wrapped["best_epoch"] and bare["epochs"] == wrapped["epochs"] == 3

@@ -24,5 +24,5 @@ class MSELoss(Loss):
     view = "pairs"
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred = model.rating(batch)  # (B,)
-        return F.mse_loss(pred, batch["ratings"]) + model.penalty(batch)
+        pred, penalty = model.rating_and_penalty(batch)  # (B,), scalar
+        return F.mse_loss(pred, batch["ratings"]) + penalty

@@ -32,12 +32,13 @@ class SigmoidRange(nn.Module):
         return self.low + (self.high - self.low) * torch.sigmoid(logits)
 
 
-def touched_rows_l2(*lookups: tuple[nn.Embedding, torch.Tensor]) -> torch.Tensor:
-    """Mean over the batch of the summed squared norms of the looked-up rows: sum_t |table_t[idx_t[r]]|^2.
+def touched_rows_l2(*rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the summed squared norms of the looked-up rows: sum_t |table_t[idx_t[r]]|^2, each
+    argument the ``(B, d_t)`` rows of one table (those the prediction already gathered).
 
     The per-rating penalty of SGD matrix factorisation (Koren et al. 2009): a row is shrunk each time a batch
     touches it, i.e. in proportion to how often it is seen, unlike weight decay, which shrinks every row on
     every step and over-regularises rare items.
     """
-    total = sum(table(index).pow(2).sum(-1) for table, index in lookups)
+    total = sum(row.pow(2).sum(-1) for row in rows)
     return total.mean()

@@ -116,10 +116,22 @@ class MatrixFactorization(RecommenderModule):
         method."""
         return self.item_bias.weight.squeeze(-1)
 
+    def _rows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The batch's rows of the four tables: p_u, q_i, b_u, b_i."""
+        users, items = batch["users"], batch["items"]
+        return self.user_factors(users), self.item_factors(items), self.user_bias(users), self.item_bias(items)
+
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.l2:
             return torch.zeros((), device=self.device)
-        users, items = batch["users"], batch["items"]
-        return self.l2 * touched_rows_l2(
-            (self.user_factors, users), (self.item_factors, items), (self.user_bias, users), (self.item_bias, items)
-        )
+        return self.l2 * touched_rows_l2(*self._rows(batch))
+
+    def rating_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted ratings and the touched-rows L2 (:func:`touched_rows_l2`) from one lookup of each table:
+        looking the rows up again for the penalty doubled the embedding lookups and their backward calls."""
+        rows = self._rows(batch)
+        p, q, b_u, b_i = rows
+        rating = self.squash((p * q).sum(-1) + b_u.squeeze(-1) + b_i.squeeze(-1))
+        if not self.l2:
+            return rating, torch.zeros((), device=self.device)
+        return rating, self.l2 * touched_rows_l2(*rows)
