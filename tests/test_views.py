@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recarena.data.views import ShuffledBatches
+from recarena.data.views import ShuffledBatches, residency
 
 
 def _columns(n: int) -> dict[str, torch.Tensor]:
@@ -71,3 +71,41 @@ def test_set_epoch_gives_that_epochs_order_as_lightning_calls_it_on_resume() -> 
     third = [b["users"] for group in resumed for b in group]
     assert all(torch.equal(a, b) for a, b in zip(third, epochs[2], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(epochs[1], epochs[2], strict=True))
+
+
+def test_batches_are_views_of_the_epochs_permuted_copy() -> None:
+    """No per-batch gather or copy: each epoch permutes every column once, where the columns live (on a GPU with
+    data.device_resident, the device), and every batch of that epoch is a slice of that one copy."""
+    tensors = {"users": torch.arange(1000), "ratings": torch.rand(1000)}
+    for device in (None, torch.device("cpu")):
+        loader = ShuffledBatches(tensors, batch_size=64, seed=3, group=4, device=device)
+        for _ in range(2):
+            storages = {name: set() for name in tensors}
+            for group in loader:
+                for batch in group:
+                    for name, column in batch.items():
+                        assert column._base is not None  # a view
+                        storages[name].add(column.untyped_storage().data_ptr())
+            for name, seen in storages.items():
+                assert len(seen) == 1 and seen != {tensors[name].untyped_storage().data_ptr()}, name
+    # Where the columns live changes nothing in what an epoch yields.
+    here = [b["users"] for g in ShuffledBatches(tensors, 64, seed=3) for b in g]
+    moved = [b["users"] for g in ShuffledBatches(tensors, 64, seed=3, device="cpu") for b in g]
+    assert all(torch.equal(a, b) for a, b in zip(here, moved, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("option", "device", "view_gb", "free_gb", "expected"),
+    [
+        ("auto", "cpu", 0.7, None, "host"),  # a CPU run: the view is where the model is
+        (True, "cpu", 0.7, None, "host"),
+        ("auto", "cuda", 0.7, 70.0, "device"),  # ML-25M's pairs on an H100
+        ("auto", "cuda", 0.7, 1.2, "pinned"),  # more than half the free memory: the fallback
+        ("auto", "cuda", 0.6, 1.2, "device"),  # exactly half still fits
+        (True, "cuda", 0.7, 1.2, "device"),  # asked for: no fallback
+        (False, "cuda", 0.7, 70.0, "pinned"),
+    ],
+)
+def test_residency_of_the_training_view(option, device: str, view_gb: float, free_gb, expected: str) -> None:
+    free = None if free_gb is None else int(free_gb * 1e9)
+    assert residency(option, torch.device(device), int(view_gb * 1e9), free) == expected

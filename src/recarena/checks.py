@@ -149,6 +149,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.user_chunk", _count, "a positive integer (users scored per evaluation chunk)"),
     ("eval.head_share", lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
     ("eval.relevance_threshold", lambda v: v is None or _number(v), "a rating or null"),
+    ("data.device_resident", lambda v: v in ("auto", True, False), "auto, true or false"),
     ("eval.tie_seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
      "an integer or null (lower item index first)"),
 )  # fmt: skip

@@ -23,7 +23,7 @@ from recarena.data.curate import curate, curation_key
 from recarena.data.heldout import EvalData
 from recarena.data.sources import load_corpus
 from recarena.data.splits import Split, load_or_make_split, split_stats
-from recarena.data.views import ShuffledBatches, view_builder
+from recarena.data.views import ShuffledBatches, residency, view_builder
 from recarena.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -207,10 +207,26 @@ class MovieLensDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ShuffledBatches:
         rank, world = self._rank_and_world()
         group = self.minibatches_per_step if world == 1 else 1
+        where = self.residency()
+        device = self.trainer.strategy.root_device if where == "device" else None
         return ShuffledBatches(
             self.train_tensors, self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world,
-            group=group,
+            group=group, device=device, pinned=where == "pinned",
         )
+
+    def residency(self) -> str:
+        """Where the training view lives (``data.device_resident``, :func:`recarena.data.views.residency`); says so
+        when ``auto`` falls back to pinned host memory."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        option = self.data_cfg.get("device_resident", "auto")
+        view_bytes = sum(t.numel() * t.element_size() for t in self.train_tensors.values())
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        where = residency(option, device, view_bytes, free)
+        if where == "pinned" and option == "auto":
+            log.warning("data.device_resident=auto: the training view (%.2f GB) takes more than half of %s's free "
+                        "memory (%.2f GB), so it stays in pinned host memory (a non-blocking copy per batch)",
+                        view_bytes / 1e9, device, free / 1e9)  # fmt: skip
+        return where
 
     def optimizer_steps(self, epochs: int) -> int:
         """Optimiser steps in ``epochs`` epochs: the length of an LR schedule."""
