@@ -32,10 +32,10 @@ def chunk_batch(data: dict[str, torch.Tensor], start: int, stop: int) -> dict[st
     """The evaluator's batch dict (:mod:`recarena.data.heldout`) of users ``start .. stop-1``."""
     n = stop - start
     seen, held = data["seen"][start:stop], data["held"][start:stop]
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=seen.device)
     return {"users": torch.arange(start, stop), "excl_row": rows.repeat_interleave(seen.shape[1]),
             "excl_item": seen.reshape(-1), "held_row": rows.repeat_interleave(held.shape[1]),
-            "held_item": held.reshape(-1), "held_rating": torch.full((held.numel(),), 5.0)}  # fmt: skip
+            "held_item": held.reshape(-1), "held_rating": torch.full((held.numel(),), 5.0, device=held.device)}  # fmt: skip
 
 
 def bare(data: dict[str, torch.Tensor], chunk: int, k: int = 20) -> tuple[float, int]:
@@ -44,7 +44,7 @@ def bare(data: dict[str, torch.Tensor], chunk: int, k: int = 20) -> tuple[float,
     for start in range(0, len(data["u"]), chunk):
         stop = min(start + chunk, len(data["u"]))
         scores = data["u"][start:stop] @ data["v"].T
-        rows = torch.arange(stop - start)[:, None]
+        rows = torch.arange(stop - start, device=scores.device)[:, None]
         scores[rows, data["seen"][start:stop]] = float("-inf")
         top = scores.topk(k, dim=1).indices
         hits += int((top[:, :, None] == data["held"][start:stop, None, :]).any(-1).sum())
