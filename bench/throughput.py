@@ -2,10 +2,11 @@
 
 Both sides train the same maths (``--model``, with its default loss or ``--loss``) with the same optimiser on the
 same tensors at the same batch size, in one process, alternated, each for at least ``--seconds`` of training.
-For ``model=mf loss=mse`` the bare side is :class:`BareMF`, biased MF written in plain PyTorch ("bare maths"), so
-the ratio shows the whole cost of recarena's module, loss, batches and Lightning. For the other families it still
-steps recarena's own module and loss by hand ("module loop": ``model.attach(dm)``, then permute, slice, step), so
-the ratio shows Lightning's and the datamodule's share only; bare versions of their maths are still to write.
+For ``model=mf`` and ``model=mlp`` with ``loss=mse`` the bare side is their maths written in plain PyTorch
+(:class:`BareMF`, :class:`BareMLP`: "bare maths"), so the ratio shows the whole cost of recarena's module, loss,
+batches and Lightning. For the other families it still steps recarena's own module and loss by hand ("module
+loop": ``model.attach(dm)``, then permute, slice, step), so the ratio shows Lightning's and the datamodule's share
+only; bare versions of their maths are still to write.
 Printed: samples/s of each side and their ratio (target >= 0.85), then epoch wall times on ML-100K at batch 64
 and 1024.
 
@@ -35,6 +36,7 @@ from recarena.build import (
 )
 from recarena.checks import family_presets, group_targets
 from recarena.models.layers import rating_range
+from recarena.models.mlp import embedding_size
 from recarena.timing import EpochTimer
 
 
@@ -93,18 +95,58 @@ class BareMF(torch.nn.Module):
         return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
 
 
+class BareMLP(torch.nn.Module):
+    """The collaborative MLP (fastai's, Howard & Gugger ch. 8) in plain PyTorch: user and item embeddings
+    concatenated, through ReLU/dropout layers to a sigmoid range, L2 on the touched rows: the maths of
+    ``model=mlp loss=mse``."""
+
+    def __init__(self, n_users: int, n_items: int, dims: tuple[int, int], hidden: list[int], dropout: float,
+                 init_std: float, y_range: tuple[float, float], l2: float) -> None:  # fmt: skip
+        super().__init__()
+        self.p, self.q = torch.nn.Embedding(n_users, dims[0]), torch.nn.Embedding(n_items, dims[1])
+        for table in (self.p, self.q):
+            torch.nn.init.normal_(table.weight, std=init_std)
+        widths = [sum(dims), *hidden, 1]
+        layers: list[torch.nn.Module] = [torch.nn.Linear(widths[0], widths[1])]
+        for width_in, width_out in zip(widths[1:-1], widths[2:], strict=True):
+            layers += [torch.nn.ReLU(inplace=True), torch.nn.Dropout(dropout), torch.nn.Linear(width_in, width_out)]
+        self.net = torch.nn.Sequential(*layers)
+        self.low, self.high, self.l2 = y_range[0], y_range[1], l2
+
+    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        p, q = self.p(users), self.q(items)
+        pred = self.low + (self.high - self.low) * torch.sigmoid(self.net(torch.cat([p, q], -1)).squeeze(-1))
+        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1)).mean()
+        return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
+
+
+def bare_maths(cfg, schema) -> torch.nn.Module | None:
+    """The family's maths as a plain module with ``loss(users, items, ratings)``, where one is written (the rating
+    families under ``loss=mse``); None otherwise."""
+    if not cfg.loss._target_.endswith(".MSELoss"):
+        return None
+    m, target = cfg.model, cfg.model._target_
+    y_range = rating_range(m.y_range, schema.rating_low, schema.rating_high)
+    if target.endswith(".MatrixFactorization"):
+        return BareMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), y_range, float(m.l2))
+    if target.endswith(".CollabMLP"):
+        dims = (int(m.user_dim) if m.user_dim is not None else embedding_size(schema.n_users),
+                int(m.item_dim) if m.item_dim is not None else embedding_size(schema.n_items))  # fmt: skip
+        return BareMLP(schema.n_users, schema.n_items, dims, [int(h) for h in m.hidden], float(m.dropout),
+                       float(m.init_std), y_range, float(m.l2))  # fmt: skip
+    return None
+
+
 def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
-    """A hand-written loop: permute, slice, step. For ``model=mf loss=mse`` it trains :class:`BareMF` on the
-    rating columns alone (bare maths); for the other families it steps recarena's own module and loss (printed
-    as "module loop": it measures Lightning's and the datamodule's share, not the module's own overhead)."""
+    """A hand-written loop: permute, slice, step. Where :func:`bare_maths` has the family's maths it trains that on
+    the rating columns alone; for the other families it steps recarena's own module and loss (printed as "module
+    loop": it measures Lightning's and the datamodule's share, not the module's own overhead)."""
     cfg = compose(*overrides, "trainer=cpu", output_dir=out)
     dm = _datamodule(cfg)
     torch.manual_seed(0)
     tensors = dm.train_tensors
-    if _is_bare_mf(cfg):
-        s, m = dm.schema, cfg.model
-        model = BareMF(s.n_users, s.n_items, int(m.n_factors), float(m.init_std),
-                       rating_range(m.y_range, s.rating_low, s.rating_high), float(m.l2))  # fmt: skip
+    model = bare_maths(cfg, dm.schema)
+    if model is not None:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
         tensors = {name: tensors[name] for name in ("users", "items", "ratings")}
 
@@ -134,10 +176,6 @@ def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, f
     return samples / elapsed, elapsed / epochs
 
 
-def _is_bare_mf(cfg) -> bool:
-    return cfg.model._target_.endswith(".MatrixFactorization") and cfg.loss._target_.endswith(".MSELoss")
-
-
 #: ``--families``: every family preset of conf/family/ trained by gradient steps (the bare loop steps an optimiser).
 FAMILIES = tuple(name for name, (_, loss) in family_presets().items()
                  if get_class(group_targets("loss")[loss]).trains_by_gradient)  # fmt: skip
@@ -150,7 +188,8 @@ def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: 
         bare_rates.append(bare_side(overrides, seconds / rounds, out)[0])
         our_rates.append(recarena_side(overrides, seconds / rounds, out)[0])
     bare, ours = sum(bare_rates) / rounds, sum(our_rates) / rounds
-    kind = "bare maths" if _is_bare_mf(compose(*overrides, output_dir=out)) else "module loop"
+    cfg = compose(*overrides, output_dir=out)
+    kind = "bare maths" if bare_maths(cfg, _datamodule(cfg).schema) is not None else "module loop"
     per_round = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
     print(f"{label:<28} {kind:<11} {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
           f"ratio {ours / bare:.3f} (per round: {per_round})", flush=True)
