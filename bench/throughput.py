@@ -137,10 +137,11 @@ def bare_maths(cfg, schema) -> torch.nn.Module | None:
     return None
 
 
-def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float]:
+def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, float, str]:
     """A hand-written loop: permute, slice, step. Where :func:`bare_maths` has the family's maths it trains that on
     the rating columns alone; for the other families it steps recarena's own module and loss (printed as "module
-    loop": it measures Lightning's and the datamodule's share, not the module's own overhead)."""
+    loop": it measures Lightning's and the datamodule's share, not the module's own overhead). Returns samples/s,
+    seconds per epoch and which of the two it was."""
     cfg = compose(*overrides, "trainer=cpu", output_dir=out)
     dm = _datamodule(cfg)
     torch.manual_seed(0)
@@ -173,7 +174,7 @@ def bare_side(overrides: list[str], seconds: float, out: Path) -> tuple[float, f
         elapsed += time.perf_counter() - started
         samples += n
         epochs += 1
-    return samples / elapsed, elapsed / epochs
+    return samples / elapsed, elapsed / epochs, "module loop" if model is None else "bare maths"
 
 
 #: ``--families``: every family preset of conf/family/ trained by gradient steps (the bare loop steps an optimiser).
@@ -185,11 +186,10 @@ def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: 
     """Both sides, alternated in rounds so a slow spell of the machine hits both alike; prints and returns the ratio."""
     bare_rates, our_rates = [], []
     for _ in range(rounds):
-        bare_rates.append(bare_side(overrides, seconds / rounds, out)[0])
+        rate, _, kind = bare_side(overrides, seconds / rounds, out)
+        bare_rates.append(rate)
         our_rates.append(recarena_side(overrides, seconds / rounds, out)[0])
     bare, ours = sum(bare_rates) / rounds, sum(our_rates) / rounds
-    cfg = compose(*overrides, output_dir=out)
-    kind = "bare maths" if bare_maths(cfg, _datamodule(cfg).schema) is not None else "module loop"
     per_round = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
     print(f"{label:<28} {kind:<11} {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
           f"ratio {ours / bare:.3f} (per round: {per_round})", flush=True)
@@ -232,7 +232,7 @@ def main() -> None:
             for batch in (64, 1024):
                 overrides = ["data=ml-100k", "split=random", *chosen, f"optimizer={args.optimizer}", f"batch_size={batch}"]
                 seconds = min(args.seconds, 10.0)
-                _, bare_epoch = bare_side(overrides, seconds, out)
+                _, bare_epoch, _ = bare_side(overrides, seconds, out)
                 _, ours_epoch = recarena_side(overrides, seconds, out)
                 print(f"ML-100K batch {batch:>5}: epoch {ours_epoch:.3f} s (recarena), {bare_epoch:.3f} s (bare loop)")
 

@@ -205,13 +205,16 @@ class MovieLensDataModule(L.LightningDataModule):
         return len(next(iter(self.train_tensors.values())))
 
     def train_dataloader(self) -> ShuffledBatches:
-        rank, world = self._rank_and_world()
-        group = self.minibatches_per_step if world == 1 else 1
         where = self.residency()
         device = self.trainer.strategy.root_device if where == "device" else None
+        return self._batches(device=device, pinned=where == "pinned")
+
+    def _batches(self, device: torch.device | None = None, pinned: bool = False) -> ShuffledBatches:
+        rank, world = self._rank_and_world()
+        group = self.minibatches_per_step if world == 1 else 1
         return ShuffledBatches(
             self.train_tensors, self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world,
-            group=group, device=device, pinned=where == "pinned",
+            group=group, device=device, pinned=pinned,
         )
 
     def residency(self) -> str:
@@ -230,7 +233,7 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def optimizer_steps(self, epochs: int) -> int:
         """Optimiser steps in ``epochs`` epochs: the length of an LR schedule."""
-        return self.train_dataloader().minibatches_per_epoch * max(epochs, 1)
+        return self._batches().minibatches_per_epoch * max(epochs, 1)  # counting only: the view stays where it is
 
     def _eval_loader(self, data: EvalData) -> DataLoader:
         # batch_size=None: each dataset item is already a whole user chunk (a dict of tensors). Under DDP each
