@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from recarena import checks
 from recarena.checks import check_config, compatible_losses
 from recarena.errors import ConfigError
 from recarena.paths import CONF_DIR
@@ -117,6 +118,34 @@ def test_gpu_without_gpu_fails_clearly(tmp_path: Path) -> None:
     cfg = compose_config(["trainer=gpu"], tmp_path)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         check_config(cfg)
+
+
+def test_bf16_on_a_gpu_without_bfloat16_names_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A V100 (compute capability 7.0) has no bfloat16 arithmetic; torch only emulates it, slowly."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    cfg = compose_config(["trainer=gpu", "trainer.precision=bf16-mixed"], tmp_path)
+    with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed: Tesla V100-SXM2-16GB has no bfloat16"):
+        check_config(cfg)
+    check_config(compose_config(["trainer=gpu", "trainer.precision=16-mixed"], tmp_path))  # what it suggests
+
+
+def test_compile_without_a_cpu_compiler_names_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"compile=true on the CPU needs a C\+\+ compiler \(g\+\+ is not on PATH\)"):
+        check_config(compose_config(["trainer=cpu", "compile=true"], tmp_path))
+    check_config(compose_config(["trainer=cpu", "compile=false"], tmp_path))  # eager needs none
+
+
+def test_compile_where_torch_compile_is_unsupported_names_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(ConfigError, match=r"compile=reduce-overhead: torch.compile is not supported here"):
+        check_config(compose_config(["compile=reduce-overhead"], tmp_path))
 
 
 def test_unknown_dataset_lists_known(tmp_path: Path) -> None:

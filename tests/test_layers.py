@@ -13,7 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: Modules every layer may use: they import nothing of recarena.
-BOTTOM = ("recarena.errors", "recarena.schema", "recarena.record", "recarena.paths", "recarena.version")
+BOTTOM = ("recarena.errors", "recarena.schema", "recarena.record", "recarena.paths", "recarena.version",
+          "recarena.processes")
 #: data/ knows no model, loss or metric.
 DATA_MAY_NOT_IMPORT = ("recarena.models", "recarena.losses", "recarena.evaluation")
 #: What reads finished runs and reports on them sits above what trains them.

@@ -76,6 +76,7 @@ def test_best_epoch_is_the_best_checkpoints_one_based_and_not_logged_twice(make_
         (["seed=abc"], r"seed must be an integer, got seed='abc'"),
         (["eval.tie_seed=1.5"], r"eval.tie_seed must be an integer or null"),
         (["data.device_resident=maybe"], r"data.device_resident must be auto, true or false"),
+        (["compile=fast"], r"compile must be false, true, default, reduce-overhead, max-autotune, max-autotune-no"),
         (["optimizer.lr=-1"], r"optimizer.lr must be a positive number, got optimizer.lr=-1"),
         (["trainer.max_epochs=0"], r"trainer.max_epochs must be 1 or more \(-1: until early stopping"),
         (["loss=bpr", "eval.ks=[5,20]"], r"eval.monitor=val/ndcg@10 is not a metric this run computes \(loss=bpr, "

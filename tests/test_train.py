@@ -299,24 +299,50 @@ def test_missing_release_file_names_it(make_cfg, tmp_path: Path) -> None:
         train(make_cfg("data=ml-1m", f"data.root={empty}", tiny=False))
 
 
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path, data_cache: Path) -> None:
-    """trainer=ddp: two processes, each user evaluated on exactly one of them, one metrics.json."""
-    run_dir = tmp_path / "ddp"
-    proc = _run_train(
-        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY_DATA, "trainer.max_epochs=1",
-         "trainer.enable_progress_bar=false", "verbose=false", f"hydra.run.dir={run_dir}"],
-        tmp_path, {"RECARENA_DATA": str(data_cache)},
-    )
+#: Two epochs of 25 optimiser steps each, early stopping off: long enough for two runs' steps to drift apart.
+_GLOBAL_BATCH = [*TINY_DATA, "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "verbose=false",
+                 "callbacks.early_stopping=null"]  # fmt: skip
+#: The two-tower without dropout (each process would draw its own masks) and with every rating a positive
+#: (3,200 training rows, even: DDP's equal shards then drop no row).
+_INBATCH = ["family=twotower_inbatch", "model.dropout=0", "model.input_dropout=0", "loss.positive_threshold=null"]
+
+
+def _ddp(overrides: list[str], run_dir: Path, tmp_path: Path, data_cache: Path) -> dict:
+    """Train on two CPU processes (gloo) at batch 64 each; the run's metrics.json."""
+    proc = _run_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=64", *overrides,
+                       f"hydra.run.dir={run_dir}"], tmp_path, {"RECARENA_DATA": str(data_cache)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((run_dir / "metrics.json").read_text())
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [["family=mf"], _INBATCH], ids=["mf_mse", "twotower_inbatch"])
+def test_ddp_trains_as_one_process_at_the_global_batch(family: list[str], tmp_path: Path, data_cache: Path) -> None:
+    """trainer=ddp, 2 processes at batch 64, against 1 process at batch 128: the same global batches (each process
+    takes every other row of the same permutation), gradients averaged across processes, so the same model up to
+    float rounding, and the evaluator, with each user scored on exactly one process, gives the same metrics. For the
+    in-batch softmax that holds only because the columns are gathered across processes."""
+    overrides = [*_GLOBAL_BATCH, *family]
+    one = _run_train(["trainer=cpu", "batch_size=128", *overrides, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path,
+                     {"RECARENA_DATA": str(data_cache)})  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    run_dir = tmp_path / "ddp"
+    result = _ddp(overrides, run_dir, tmp_path, data_cache)
+    for split in ("val", "test"):
+        for name, value in single[split].items():
+            assert result[split][name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
     # Both processes' users add up to the single-process count: no user padded in or counted twice.
     stats = result["dataset"]["test"]
     assert result["test"]["test/users_ranked"] + result["test"]["test/users_skipped"] == stats["users"]
-    # The per-user file gathers both processes' users, each once (recarena.evaluation.per_user).
+    # The per-user file gathers both processes' users, each once (recarena.evaluation.per_user): the same users.
     per_user = pd.read_parquet(run_dir / "per_user_metrics.parquet")
-    assert per_user["user"].is_unique and len(per_user) == stats["users"]
+    alone = pd.read_parquet(tmp_path / "one" / "per_user_metrics.parquet")
+    assert per_user["user"].is_unique and per_user["user"].tolist() == alone["user"].tolist()
     assert per_user["ndcg@10"].mean() == pytest.approx(result["test"]["test/ndcg@10"], rel=1e-5)
+    if family == _INBATCH:  # each process's own columns only: another softmax, another model
+        own = _ddp([*overrides, "loss.across_processes=false"], tmp_path / "own", tmp_path, data_cache)
+        assert own["val"]["val/ndcg@10"] != pytest.approx(single["val"]["val/ndcg@10"], rel=1e-3)
 
 
 @pytest.mark.slow
@@ -459,3 +485,18 @@ def test_bare_optimiser_steps_train_exactly_as_lightnings_wrapped_steps(make_cfg
     bare, wrapped = run(True), run(False)
     assert bare["val"] == wrapped["val"] and bare["test"] == wrapped["test"]
     assert bare["best_epoch"] == wrapped["best_epoch"] and bare["epochs"] == wrapped["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model_through_compiled_graphs(make_cfg) -> None:
+    """compile=true: the training step runs through graphs torch.compile built (dynamo compiled frames), and the
+    model is the eager one up to float rounding."""
+    import torch._dynamo
+
+    eager = train(make_cfg())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = train(make_cfg("compile=true", "overwrite=true"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    for name, value in eager["val"].items():
+        assert compiled["val"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name

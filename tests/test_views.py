@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recarena.data.views import ShuffledBatches, residency
+from recarena.errors import ConfigError
 
 
 def _columns(n: int) -> dict[str, torch.Tensor]:
@@ -109,3 +110,9 @@ def test_batches_are_views_of_the_epochs_permuted_copy() -> None:
 def test_residency_of_the_training_view(option, device: str, view_gb: float, free_gb, expected: str) -> None:
     free = None if free_gb is None else int(free_gb * 1e9)
     assert residency(option, torch.device(device), int(view_gb * 1e9), free) == expected
+
+
+def test_a_view_that_cannot_fit_with_the_fallback_disabled_names_the_option() -> None:
+    with pytest.raises(ConfigError, match=r"data.device_resident=true: the training view \(0.70 GB\) does not fit"):
+        residency(True, torch.device("cuda"), int(0.7e9), int(0.5e9))
+    assert residency("auto", torch.device("cuda"), int(0.7e9), int(0.5e9)) == "pinned"  # auto falls back instead

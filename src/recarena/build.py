@@ -63,6 +63,7 @@ def build_model(cfg: DictConfig, dm: MovieLensDataModule) -> L.LightningModule:
         relevance_threshold=cfg.eval.relevance_threshold,
         head_share=cfg.eval.head_share,
         tie_seed=cfg.eval.get("tie_seed"),
+        compile_step=cfg.get("compile", False),
         _convert_="all",
     )
 

@@ -7,6 +7,8 @@ groups themselves (``conf/loss/*.yaml``, the release registry), so adding a fami
 from __future__ import annotations
 
 import inspect
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ _ABSENT = object()
 
 #: eval.test_known: what a model may know at test time.
 TEST_KNOWN = ("train", "train+val")
+
+#: compile: off, torch.compile's default mode, or one of its named modes.
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 
@@ -106,6 +111,31 @@ def check_accelerator(cfg: DictConfig) -> None:
     precision = str(cfg.trainer.get("precision", "32-true"))
     if "16" in precision and accelerator == "cpu" and precision != "bf16-mixed":
         raise ConfigError(f"trainer.precision={precision} needs a GPU; on the CPU use 32-true or bf16-mixed.")
+    on_gpu = accelerator in {"gpu", "cuda"} or (accelerator == "auto" and torch.cuda.is_available())
+    if precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(f"trainer.precision={precision}: {torch.cuda.get_device_name()} has no bfloat16 arithmetic "
+                          "(it needs compute capability 8.0 or newer); use trainer.precision=16-mixed or 32-true.")
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """``compile`` needs torch.compile on this platform (TorchDynamo supports this Python and OS) and, for its
+    CPU kernels, a C++ compiler; the check imports torch._dynamo (~1 s) only when compile is on."""
+    if not cfg.get("compile", False):
+        return
+    option = f"compile={str(cfg.compile).lower() if isinstance(cfg.compile, bool) else cfg.compile}"
+    import torch._dynamo  # heavy, and needed only here
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(f"{option}: torch.compile is not supported here (torch {torch.__version__}, "
+                          f"Python {sys.version.split()[0]}, {sys.platform}). Use compile=false.")  # fmt: skip
+    if str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available():
+        from torch._inductor import config as inductor
+
+        cxx = inductor.cpp.cxx  # (None, "g++") by default: the last name given is the one inductor runs
+        compiler = next((c for c in reversed(cxx) if c), "g++") if isinstance(cxx, tuple) else cxx or "g++"
+        if not shutil.which(compiler):
+            raise ConfigError(f"{option} on the CPU needs a C++ compiler ({compiler} is not on PATH): "
+                              "install one (apt-get install g++) or use compile=false.")  # fmt: skip
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -150,6 +180,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.head_share", lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
     ("eval.relevance_threshold", lambda v: v is None or _number(v), "a rating or null"),
     ("data.device_resident", lambda v: v in ("auto", True, False), "auto, true or false"),
+    ("compile", lambda v: v in COMPILE_MODES, "false, true, " + ", ".join(str(m) for m in COMPILE_MODES[2:])),
     ("eval.tie_seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
      "an integer or null (lower item index first)"),
 )  # fmt: skip
@@ -280,6 +311,7 @@ def check_config(cfg: DictConfig) -> None:
     check_split_options(cfg)
     check_split(cfg)
     check_accelerator(cfg)
+    check_compile(cfg)
     check_data(cfg)
     check_eval(cfg)
     check_monitor(cfg)

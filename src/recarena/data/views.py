@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from hydra.utils import get_method
 
+from recarena.errors import ConfigError
+
 if TYPE_CHECKING:
     from recarena.data.datamodule import MovieLensDataModule
 
@@ -186,10 +188,17 @@ def residency(option: str | bool, device: torch.device, view_bytes: int, free_by
     ``false`` keeps it in pinned host memory, ``auto`` puts it on the device when it takes at most half of the
     device's free memory (``free_bytes``; the rest is for the model, its optimiser state and the evaluation
     chunks) and otherwise falls back to pinned memory. A 25M-rating pairs view is ~0.7 GB.
+
+    Raises:
+        ConfigError: ``true`` (no fallback) and the view is larger than the device's free memory.
     """
     if device.type == "cpu":
         return "host"
     if option is True or option == "true":
+        if free_bytes is not None and view_bytes > free_bytes:
+            raise ConfigError(f"data.device_resident=true: the training view ({view_bytes / 1e9:.2f} GB) does not fit "
+                              f"in {device}'s free memory ({free_bytes / 1e9:.2f} GB); use data.device_resident=auto "
+                              "(pinned host memory when it does not fit) or false, or a smaller data.curation.")  # fmt: skip
         return "device"
     if option is False or option == "false":
         return "pinned"

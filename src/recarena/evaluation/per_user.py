@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from recarena.atomic import atomic_file
+from recarena.processes import gather_rows
 from recarena.record import PER_USER_FILE
 
 #: Columns of one row of rating sums per (chunk, user): user index, held-out ratings, sum of squared and
@@ -70,7 +71,7 @@ class PerUserMetricsWriter(L.Callback):
         if pl_module.predicts_ratings:
             local = (torch.cat(self._rating_sums) if self._rating_sums
                      else torch.zeros(0, len(_RATING_SUMS), dtype=torch.float64, device=pl_module.device))
-            sums = pd.DataFrame(_gather_rows(local).cpu().numpy(), columns=list(_RATING_SUMS))
+            sums = pd.DataFrame(gather_rows(local)[0].cpu().numpy(), columns=list(_RATING_SUMS))
             sums = sums.astype({"user": np.int64}).groupby("user", as_index=False).sum()
             rating = pd.DataFrame({
                 "user": sums["user"],
@@ -92,14 +93,3 @@ class PerUserMetricsWriter(L.Callback):
         path = Path(self.dirpath or trainer.default_root_dir) / PER_USER_FILE
         with atomic_file(path, "wb") as handle:
             frame.to_parquet(handle, index=False)
-
-
-def _gather_rows(local: torch.Tensor) -> torch.Tensor:
-    """``(n, C)`` rows of every process, concatenated (``n`` may differ between processes); as is without DDP."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    if torch.distributed.get_world_size() == 1:
-        return local
-    from torchmetrics.utilities.distributed import gather_all_tensors
-
-    return torch.cat(gather_all_tensors(local))

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from recarena.errors import ConfigError
 from recarena.losses.base import Loss, SeenPositives
 from recarena.losses.frequency import log_inclusion, make_estimator, uniform_log_miss
+from recarena.processes import gather_rows
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
@@ -43,6 +44,10 @@ class InBatchSoftmaxLoss(Loss):
             scale of ~10-30 to make the softmax sharp enough; for ``dot`` 1 keeps the family's own scores.
         mask_seen: drop (logit -inf) every column the row's user rated positively in training, other than the
             row's label: another row's positive may be an item this user likes (a false negative).
+        across_processes: under DDP, the columns are the distinct positives of every process's batch (their ids
+            gathered; each process computes all the columns' item vectors itself, so no gradient crosses
+            processes), which makes N processes at ``batch_size`` B train as one process at N·B does. False:
+            each process's own positives only, a softmax over 1/N of the negatives.
         monitor, positive_threshold: see :class:`~recarena.losses.base.Loss`.
     """
 
@@ -54,6 +59,7 @@ class InBatchSoftmaxLoss(Loss):
         similarity: str = "cosine",
         scale: float = 20.0,
         mask_seen: bool = False,
+        across_processes: bool = True,
         monitor: str = "val/ndcg@10",
         positive_threshold: float | None = None,
     ) -> None:
@@ -65,6 +71,7 @@ class InBatchSoftmaxLoss(Loss):
         self.similarity = similarity
         self.scale = float(scale)
         self.mask_seen = bool(mask_seen)
+        self.across_processes = bool(across_processes)
         self.n_items = 0
         self.seen = SeenPositives()  # filled only with mask_seen
 
@@ -88,16 +95,25 @@ class InBatchSoftmaxLoss(Loss):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits (B, C), labels (B,), columns (C,))`` of the batch, corrections and masks applied."""
         self.n_items = self.n_items or int(model.schema.n_items)
-        columns, labels = self.columns(batch)
+        pool, first = self.pooled(batch)
+        columns, labels = self.columns(pool)
+        labels = labels[first : first + len(batch["items"])]  # this process's rows
         users = model.user_vectors(batch)  # (B, D)
         items = model.item_vectors(columns)  # (C, D)
         logits = self.scale * self.compare(users, items)  # (B, C)
-        correction = self.correction(columns, batch)
+        correction = self.correction(columns, pool)
         if correction is not None:
             logits = logits - correction  # broadcast over rows: every column, the label's included
         if self.mask_seen:
             logits = logits.masked_fill(self.seen_mask(batch["users"], columns, labels), float("-inf"))
         return logits, labels, columns
+
+    def pooled(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """The positives the columns and the correction are built from, and where this process's rows start among
+        them: the batch's own; under DDP with ``across_processes``, every process's in rank order (so the LogQ
+        correction's B is the global batch too)."""
+        items, first = gather_rows(batch["items"]) if self.across_processes else (batch["items"], 0)
+        return {"items": items}, first
 
     def seen_mask(self, users: torch.Tensor, columns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` True where column c is a training positive of row r's user and not row r's label."""
@@ -127,8 +143,8 @@ class LogQCorrectedSoftmaxLoss(InBatchSoftmaxLoss):
 
         Q(x) = 1 - (1 - p(x))^B     (≈ B p(x) for rare items; -> 1 for items in nearly every batch),
 
-    with B the rows of this batch (``batch_size``, or fewer for an epoch's last batch; per process under DDP,
-    where each process builds its own columns).
+    with B the rows of this batch (``batch_size``, or fewer for an epoch's last batch; under DDP with
+    ``across_processes``, the rows of every process's batch, whose positives are the columns).
 
     Q comes from ``q_estimator``: ``frequency`` (counted over the training positives in ``setup``) or
     ``streaming`` (Yi et al.'s estimator, learnt from the batches as they come; see

@@ -37,6 +37,8 @@ class RecommenderModule(L.LightningModule):
         scheduler: a partial scheduler factory from :mod:`recarena.optim` (called with the optimiser and the
             run's total steps), or None for a constant learning rate.
         ks, relevance_threshold, head_share, tie_seed: evaluator settings (``conf/eval``).
+        compile_step: the ``compile`` option: False (eager), True (torch.compile's default mode) or a mode name;
+            see :meth:`training_loss`.
     """
 
     #: Capabilities a loss may ask for (``Loss.needs``):
@@ -79,6 +81,7 @@ class RecommenderModule(L.LightningModule):
         relevance_threshold: float | None = 4.0,
         head_share: float = 0.8,
         tie_seed: int | None = None,
+        compile_step: bool | str = False,
     ) -> None:
         super().__init__()
         self.schema = schema if isinstance(schema, Schema) else Schema(**schema)
@@ -89,6 +92,8 @@ class RecommenderModule(L.LightningModule):
         self.relevance_threshold = relevance_threshold
         self.head_share = head_share
         self.tie_seed = tie_seed
+        self.compile_step = compile_step
+        self._step_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] = self.training_loss
         # We own the optimisation loop: a Lightning step carries several mini-batches (see ShuffledBatches).
         self.automatic_optimization = False
         self.train_loss_sum = torch.zeros(())
@@ -233,7 +238,7 @@ class RecommenderModule(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         for batch in batches:
-            loss = self.loss_fn(self, batch)
+            loss = self._step_loss(batch)
             if self._bare_steps:
                 _bare_step(optimizer, loss)
             else:
@@ -246,8 +251,19 @@ class RecommenderModule(L.LightningModule):
             self.train_loss_sum = self.train_loss_sum.to(loss.device) + loss.detach()
             self.train_batches += 1
 
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one mini-batch, what ``compile`` compiles: the family's forward and the loss, whose
+        backward torch.compile's AOTAutograd compiles with it. The optimiser step stays eager (it is one fused
+        kernel per parameter group already, and SparseAdam's row updates do not trace)."""
+        return self.loss_fn(self, batch)
+
     def on_train_start(self) -> None:
         self._bare_steps = bare_steps_apply(self.trainer)
+        if self.compile_step:
+            # dynamic=False: a run has two batch shapes (full batches and an epoch's last, shorter one), each
+            # compiled once, which is faster than one shape-generic graph.
+            mode = None if self.compile_step is True else str(self.compile_step)
+            self._step_loss = torch.compile(self.training_loss, mode=mode, dynamic=False)
 
     def on_train_epoch_start(self) -> None:
         self.train_loss_sum = torch.zeros((), device=self.device)
