@@ -50,12 +50,13 @@ test: install-test data lint ## install test extras, fill the data cache, lint, 
 test-fast: install-test ## the suite without slow tests
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: install ## throughput, scale, ranking and inference benchmarks (minutes)
+bench: install ## throughput, ranking, scale, inference, reference and compile benchmarks (minutes)
 	$(PY) bench/throughput.py
 	$(PY) bench/ranking.py
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py
 	$(PY) bench/reference.py
+	$(PY) bench/compile.py
 
 clean: ## remove run outputs (not the data cache)
 	rm -rf outputs multirun lightning_logs .pytest_cache

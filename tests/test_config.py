@@ -138,6 +138,15 @@ def test_compile_without_a_cpu_compiler_names_the_option(tmp_path: Path, monkeyp
     check_config(compose_config(["trainer=cpu", "compile=false"], tmp_path))  # eager needs none
 
 
+def test_compile_on_a_gpu_without_triton_names_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    with pytest.raises(ConfigError, match=r"compile=reduce-overhead on a GPU needs Triton"):
+        check_config(compose_config(["trainer=gpu", "compile=reduce-overhead"], tmp_path))
+
+
 def test_compile_where_torch_compile_is_unsupported_names_the_option(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

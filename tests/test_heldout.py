@@ -58,6 +58,21 @@ def test_batches_round_trip_exactly(chunk: int) -> None:
     np.testing.assert_array_equal(got_ex_i, ex_i[keep][order])
 
 
+@pytest.mark.parametrize(("chunk", "rank", "world"), [(1, 0, 1), (7, 0, 1), (5, 1, 3), (10_000, 0, 1)])
+def test_each_chunk_is_the_per_user_gather_of_its_users(chunk: int, rank: int, world: int) -> None:
+    """Chunks are slices of columns laid out once; each must equal the per-chunk gather of its users
+    (``batch_for``), and be views of those columns: cutting a chunk copies no pair (on a GPU: none per chunk)."""
+    data = EvalData(*_random_split(seed=3))
+    chunks = data.batches(chunk, rank=rank, world_size=world, device="cpu")
+    for batch in chunks:
+        expected = data.batch_for(batch["users"].numpy())
+        assert set(batch) == set(expected)
+        for key, value in expected.items():
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+        for key in ("users", "excl_item", "held_item", "held_rating"):
+            assert batch[key].untyped_storage().data_ptr() == chunks._columns[key].untyped_storage().data_ptr()
+
+
 def test_batch_dtypes_and_rows() -> None:
     data = EvalData(4, 5, [0, 2, 2, 3], [1, 0, 4, 2], [2, 0, 2], [3, 2, 1], [5.0, 4.0, 3.5])
     (b,) = list(data.batches(10))

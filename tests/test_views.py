@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from recarena.build import build_datamodule
 from recarena.data.views import ShuffledBatches, residency
 from recarena.errors import ConfigError
+from tests.conftest import TINY_DATA, compose_config
 
 
 def _columns(n: int) -> dict[str, torch.Tensor]:
@@ -116,3 +120,18 @@ def test_a_view_that_cannot_fit_with_the_fallback_disabled_names_the_option() ->
     with pytest.raises(ConfigError, match=r"data.device_resident=true: the training view \(0.70 GB\) does not fit"):
         residency(True, torch.device("cuda"), int(0.7e9), int(0.5e9))
     assert residency("auto", torch.device("cuda"), int(0.7e9), int(0.5e9)) == "pinned"  # auto falls back instead
+
+
+@pytest.mark.parametrize(("option", "expected"), [("auto", "meta"), (True, "meta"), (False, "cpu")])
+def test_evaluation_chunks_are_cut_where_the_data_lives(option, expected: str, tmp_path, data_cache, monkeypatch):
+    """On an accelerator (here the meta device, which has tensors but no memory) the evaluation columns go to the
+    device once and every chunk is cut there; data.device_resident=false keeps them on the host."""
+    monkeypatch.setenv("RECARENA_DATA", str(data_cache))
+    cfg = compose_config([*TINY_DATA, f"data.device_resident={str(option).lower()}"], tmp_path)
+    dm = build_datamodule(cfg, "pairs")
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0,
+                                 world_size=1)  # fmt: skip
+    batches = list(dm.val_dataloader())
+    assert batches and {t.device.type for b in batches for t in b.values()} == {expected}

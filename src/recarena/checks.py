@@ -119,7 +119,8 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 def check_compile(cfg: DictConfig) -> None:
     """``compile`` needs torch.compile on this platform (TorchDynamo supports this Python and OS) and, for its
-    CPU kernels, a C++ compiler; the check imports torch._dynamo (~1 s) only when compile is on."""
+    kernels, Triton on a GPU or a C++ compiler on the CPU; the check imports torch._dynamo (~1 s) only when
+    compile is on."""
     if not cfg.get("compile", False):
         return
     option = f"compile={str(cfg.compile).lower() if isinstance(cfg.compile, bool) else cfg.compile}"
@@ -128,7 +129,13 @@ def check_compile(cfg: DictConfig) -> None:
     if not torch._dynamo.is_dynamo_supported():
         raise ConfigError(f"{option}: torch.compile is not supported here (torch {torch.__version__}, "
                           f"Python {sys.version.split()[0]}, {sys.platform}). Use compile=false.")  # fmt: skip
-    if str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available():
+    if str(cfg.trainer.get("accelerator", "auto")) != "cpu" and torch.cuda.is_available():
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ConfigError(f"{option} on a GPU needs Triton for its kernels (import triton failed): install the "
+                              "triton that matches this torch (pip install triton) or use compile=false.")  # fmt: skip
+    else:
         from torch._inductor import config as inductor
 
         cxx = inductor.cpp.cxx  # (None, "g++") by default: the last name given is the one inductor runs

@@ -240,7 +240,18 @@ class MovieLensDataModule(L.LightningDataModule):
         # process scores its own users (Lightning's sampler would pad ranks with repeated chunks and count some
         # users twice; trainer=ddp sets use_distributed_sampler=false).
         rank, world = self._rank_and_world()
-        return DataLoader(data.batches(self.user_chunk, rank=rank, world_size=world), batch_size=None, shuffle=False)
+        chunks = data.batches(self.user_chunk, rank=rank, world_size=world, device=self._eval_device(data))
+        return DataLoader(chunks, batch_size=None, shuffle=False)
+
+    def _eval_device(self, data: EvalData) -> torch.device | None:
+        """Where evaluation chunks are cut: on the accelerator when ``data.device_resident`` would put pairs of
+        their size there (:func:`recarena.data.views.residency`), so no chunk is copied; else on the host."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cpu":
+            return None
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        where = residency(self.data_cfg.get("device_resident", "auto"), device, data.pair_bytes, free)
+        return device if where == "device" else None
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

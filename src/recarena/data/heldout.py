@@ -164,6 +164,12 @@ class EvalData:
         return int(self._users.size)
 
     @property
+    def pair_bytes(self) -> int:
+        """Bytes of the evaluation columns of every chunk (:class:`EvalChunks`): users, excluded and held-out
+        pairs."""
+        return 8 * self._users.size + 16 * self._ex_item.size + 20 * self._ho_item.size
+
+    @property
     def n_heldout(self) -> int:
         """Number of held-out ratings."""
         return int(self._ho_item.size)
@@ -183,7 +189,13 @@ class EvalData:
         }
 
     def batches(
-        self, chunk_size: int, *, rank: int = 0, world_size: int = 1, max_cells: int = MAX_SCORE_CELLS
+        self,
+        chunk_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        max_cells: int = MAX_SCORE_CELLS,
+        device: torch.device | str | None = None,
     ) -> EvalChunks:
         """The evaluated users cut into chunks, as a map-style Dataset of batch dicts.
 
@@ -195,22 +207,32 @@ class EvalData:
         Lightning's default DistributedSampler would instead pad ranks with *repeated* chunks, counting
         some users twice; torchmetrics sums the per-rank states, so disjoint shards give exact metrics.
         Chunks are made small enough that every rank gets at least one (Lightning refuses an empty loader
-        and a metric sync waits for every rank).
+        and a metric sync waits for every rank). ``device``: where the chunks are cut (see :class:`EvalChunks`).
         """
         chunk = effective_chunk_size(chunk_size, self.n_items, max_cells)
         if world_size > 1:
             chunk = max(1, min(chunk, -(-self.n_users_eval // world_size)))
-        return EvalChunks(self, chunk, rank, world_size)
+        return EvalChunks(self, chunk, rank, world_size, device=device)
 
 
 class EvalChunks(Dataset):
     """Map-style Dataset over the user chunks of an :class:`EvalData`; item ``i`` is chunk ``i``'s batch.
 
-    Chunks are cut lazily in ``__getitem__`` (cheap numpy gathers), so a DataLoader with workers can
-    build them in parallel and nothing per chunk is held in memory between epochs.
+    The evaluated users' excluded and held-out pairs are laid out once, user after user in evaluation order
+    (:func:`_gather` over all of them), so every chunk is a contiguous slice of each column: cutting one is a few
+    tensor views and one subtraction (the rows, made chunk-relative), with no per-chunk gather. With ``device``
+    the columns live there (``data.device_resident``): chunks are cut on the accelerator and Lightning has
+    nothing to copy per chunk.
     """
 
-    def __init__(self, data: EvalData, chunk_size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        data: EvalData,
+        chunk_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -222,6 +244,16 @@ class EvalChunks(Dataset):
         n_chunks = -(-data.n_users_eval // self.chunk_size)
         # This rank's chunk numbers: a round-robin shard of all chunks.
         self._chunk_ids = np.arange(self.rank, n_chunks, self.world_size, dtype=np.int64)
+        users = data.users
+        ex_rows, ex_pos = _gather(data._ex_indptr, users)
+        ho_rows, ho_pos = _gather(data._ho_indptr, users)
+        columns = {"users": users, "excl_row": ex_rows, "excl_item": data._ex_item[ex_pos], "held_row": ho_rows,
+                   "held_item": data._ho_item[ho_pos], "held_rating": data._ho_rating[ho_pos]}  # fmt: skip
+        self._columns = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in columns.items()}
+        # Where each chunk's pairs start in the laid-out columns: the evaluated users' counts, summed.
+        starts = np.arange(0, data.n_users_eval + self.chunk_size, self.chunk_size).clip(max=data.n_users_eval)
+        self._ex_bounds = np.searchsorted(ex_rows, starts)
+        self._ho_bounds = np.searchsorted(ho_rows, starts)
 
     def __len__(self) -> int:
         return int(self._chunk_ids.size)
@@ -229,8 +261,17 @@ class EvalChunks(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"chunk {index} out of range for {len(self)} chunks")
-        start = int(self._chunk_ids[index]) * self.chunk_size
-        return self.data.batch_for(self.data.users[start : start + self.chunk_size])
+        chunk = int(self._chunk_ids[index])
+        first, c = chunk * self.chunk_size, self._columns
+        ex, ho = slice(*self._ex_bounds[chunk : chunk + 2]), slice(*self._ho_bounds[chunk : chunk + 2])
+        return {
+            "users": c["users"][first : first + self.chunk_size],
+            "excl_row": c["excl_row"][ex] - first,
+            "excl_item": c["excl_item"][ex],
+            "held_row": c["held_row"][ho] - first,
+            "held_item": c["held_item"][ho],
+            "held_rating": c["held_rating"][ho],
+        }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for i in range(len(self)):
