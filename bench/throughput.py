@@ -4,18 +4,19 @@ Both sides train the same maths (``--model``, with its default loss or ``--loss`
 same tensors at the same batch size, in one process, alternated, each for about ``--seconds`` of training per
 configuration (the data is built once per configuration; a side stops mid-epoch when its time is up, so a slow
 family or a large ``--n-ratings`` costs no more time, only fewer steps).
-For ``model=mf`` and ``model=mlp`` with ``loss=mse`` the bare side is their maths written in plain PyTorch
-(:class:`BareMF`, :class:`BareMLP`: "bare maths"), so the ratio shows the whole cost of recarena's module, loss,
-batches and Lightning. For the other families it still steps recarena's own module and loss by hand ("module
-loop": ``model.attach(dm)``, then permute, slice, step), so the ratio shows Lightning's and the datamodule's share
-only; bare versions of their maths are still to write.
+For ``model=mf`` and ``model=mlp`` with ``loss=mse`` and for ``model=mf loss=bpr`` the bare side is their maths
+written in plain PyTorch (:class:`BareMF`, :class:`BareMLP`, :class:`BareBPRMF`: "bare maths"), so the ratio shows
+the whole cost of recarena's module, loss, batches and Lightning. For the feature families (twotower, siamese) it
+steps recarena's own module and loss by hand ("module loop": ``model.attach(dm)``, then permute, slice, step), so
+the ratio shows Lightning's and the datamodule's share only.
 Printed: samples/s of each side and their ratio (target >= 0.85), then epoch wall times on ML-100K at batch 64
 and 1024.
 
     python bench/throughput.py                  # MF, 2M synthetic ratings, batches 1024 and 8192, 20 s per side
     python bench/throughput.py --seconds 5 --n-ratings 500000   # a quick look
     python bench/throughput.py --model twotower --loss logq --batch-sizes 1024   # another family / loss
-    python bench/throughput.py --families     # every family at its default batch size (the issue's table)
+    python bench/throughput.py --families     # every family preset at its own batch size
+    python bench/throughput.py --families mf_bpr twotower_logq   # some of them
 """
 
 from __future__ import annotations
@@ -117,6 +118,38 @@ class BareMF(torch.nn.Module):
         return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
 
 
+class BareBPRMF(BareMF):
+    """MF ranked by BPR (Rendle et al. 2009) in plain PyTorch: the maths of ``model=mf loss=bpr``. Each positive
+    (u, i) against ``k`` items drawn uniformly, those that are u's training positives redrawn (``exclude_seen``,
+    membership by binary search in the sorted keys u * n_items + i), -log σ(s(u,i) - s(u,j)) with s the biased dot
+    product, plus the L2 of the positive's rows."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, l2: float, k: int,
+                 seen: torch.Tensor | None) -> None:  # fmt: skip
+        super().__init__(n_users, n_items, dim, init_std, (0.0, 1.0), l2)
+        self.n_items, self.k, self.seen = n_items, k, seen
+
+    def negatives(self, users: torch.Tensor) -> torch.Tensor:
+        drawn = torch.randint(self.n_items, users.shape)
+        for _ in range(20 if self.seen is not None else 0):
+            keys = users * self.n_items + drawn
+            clash = self.seen[torch.searchsorted(self.seen, keys).clamp_(max=len(self.seen) - 1)] == keys
+            if not bool(clash.any()):
+                break
+            drawn = torch.where(clash, torch.randint(self.n_items, users.shape), drawn)
+        return drawn
+
+    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        p, q = self.p(users), self.q(items)
+        b_u, b_i = self.b_u(users).squeeze(-1), self.b_i(items).squeeze(-1)
+        positive = (p * q).sum(-1) + b_u + b_i  # (B,)
+        users_k = users.repeat(self.k)  # negative k of row r at k * B + r
+        negative = self.negatives(users_k)
+        score = (self.p(users_k) * self.q(negative)).sum(-1) + self.b_u(users_k).squeeze(-1) + self.b_i(negative).squeeze(-1)
+        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1) + b_u.pow(2) + b_i.pow(2)).mean()
+        return -torch.nn.functional.logsigmoid(positive[None, :] - score.view(self.k, -1)).mean() + self.l2 * penalty
+
+
 class BareMLP(torch.nn.Module):
     """The collaborative MLP (fastai's, Howard & Gugger ch. 8) in plain PyTorch: user and item embeddings
     concatenated, through ReLU/dropout layers to a sigmoid range, L2 on the touched rows: the maths of
@@ -142,12 +175,19 @@ class BareMLP(torch.nn.Module):
         return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
 
 
-def bare_maths(cfg, schema) -> torch.nn.Module | None:
-    """The family's maths as a plain module with ``loss(users, items, ratings)``, where one is written (the rating
-    families under ``loss=mse``); None otherwise."""
+def bare_maths(cfg, schema, train: dict[str, torch.Tensor] | None = None) -> torch.nn.Module | None:
+    """The family's maths as a plain module with ``loss(users, items, ratings)``, where one is written (MF and the
+    MLP under ``loss=mse``, MF under ``loss=bpr``, whose ``exclude_seen`` reads the training view ``train``); None
+    otherwise."""
+    m, target = cfg.model, cfg.model._target_
+    if cfg.loss._target_.endswith(".BPRLoss") and target.endswith(".MatrixFactorization"):
+        seen = None
+        if cfg.loss.exclude_seen:
+            seen = torch.sort(train["users"] * schema.n_items + train["items"]).values
+        return BareBPRMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), float(m.l2),
+                         int(cfg.loss.n_negatives), seen)  # fmt: skip
     if not cfg.loss._target_.endswith(".MSELoss"):
         return None
-    m, target = cfg.model, cfg.model._target_
     y_range = rating_range(m.y_range, schema.rating_low, schema.rating_high)
     if target.endswith(".MatrixFactorization"):
         return BareMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), y_range, float(m.l2))
@@ -166,7 +206,7 @@ def bare_side(cfg, dm, seconds: float) -> tuple[float, str]:
     datamodule's share, not the module's own overhead). Returns samples/s and which of the two it was."""
     torch.manual_seed(0)
     tensors = dm.train_tensors
-    model = bare_maths(cfg, dm.schema)
+    model = bare_maths(cfg, dm.schema, dm.train_tensors)
     if model is not None:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
         tensors = {name: tensors[name] for name in ("users", "items", "ratings")}
@@ -235,8 +275,8 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam", help="optimizer= option for both sides")
     parser.add_argument("--model", default="mf", help="model= option for both sides")
     parser.add_argument("--loss", default=None, help="loss= option for both sides (default: the family's)")
-    parser.add_argument("--families", action="store_true",
-                        help=f"each of the family presets {', '.join(FAMILIES)} at the default batch size")
+    parser.add_argument("--families", nargs="*", metavar="FAMILY",
+                        help=f"these family presets (default: all of {', '.join(FAMILIES)}), each at its batch size")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     parser.add_argument("--skip-ml100k", action="store_true", help="skip the ML-100K epoch times")
     args = parser.parse_args()
@@ -247,22 +287,23 @@ def main() -> None:
     data = ["data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={n_users}",
             f"data.n_items={n_items}", "split=random", f"optimizer={args.optimizer}"]
     chosen = [f"model={args.model}", *([f"loss={args.loss}"] if args.loss else [])]
-    subject = "family presets" if args.families else " ".join(chosen)
+    families = (args.families or list(FAMILIES)) if args.families is not None else []
+    subject = "family presets" if families else " ".join(chosen)
     print(f"{subject} throughput on synthetic data: {args.n_ratings:,} ratings, {n_users:,} users, {n_items:,} "
           f"items; optimizer={args.optimizer}; {torch.get_num_threads()} threads; {args.seconds:g} s per side",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        if args.families:  # the default batch size of conf/train.yaml
+        if families:
             ratios = {}
-            for family in FAMILIES:
+            for family in families:
                 ours, bare, _ = compare(f"family={family}", [*data, f"family={family}"], args.seconds, args.rounds, out)
                 ratios[family] = ours / bare
             print(f"lowest ratio: {min(ratios.values()):.3f} ({min(ratios, key=ratios.get)})")
         else:
             for batch in args.batch_sizes:
                 compare(f"batch {batch}", [*data, *chosen, f"batch_size={batch}"], args.seconds, args.rounds, out)
-        if not args.skip_ml100k and not args.families:
+        if not args.skip_ml100k and not families:
             for batch in (64, 1024):
                 overrides = ["data=ml-100k", "split=random", *chosen, f"optimizer={args.optimizer}", f"batch_size={batch}"]
                 ours, bare, n = compare(f"ML-100K batch {batch}", overrides, min(args.seconds, 10.0), args.rounds, out)
