@@ -100,10 +100,10 @@ class BareMF(torch.nn.Module):
     ``model=mf loss=mse`` (per-rating L2 on the touched rows) without recarena's module, loss or batches."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, y_range: tuple[float, float],
-                 l2: float) -> None:  # fmt: skip
+                 l2: float, sparse: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.p, self.q = torch.nn.Embedding(n_users, dim), torch.nn.Embedding(n_items, dim)
-        self.b_u, self.b_i = torch.nn.Embedding(n_users, 1), torch.nn.Embedding(n_items, 1)
+        self.p, self.q = torch.nn.Embedding(n_users, dim, sparse=sparse), torch.nn.Embedding(n_items, dim, sparse=sparse)
+        self.b_u, self.b_i = torch.nn.Embedding(n_users, 1, sparse=sparse), torch.nn.Embedding(n_items, 1, sparse=sparse)
         for table in (self.p, self.q):
             torch.nn.init.normal_(table.weight, std=init_std)
         for table in (self.b_u, self.b_i):
