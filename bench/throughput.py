@@ -186,7 +186,7 @@ def bare_maths(cfg, schema, train: dict[str, torch.Tensor] | None = None) -> tor
             seen = torch.sort(train["users"] * schema.n_items + train["items"]).values
         return BareBPRMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), float(m.l2),
                          int(cfg.loss.n_negatives), seen)  # fmt: skip
-    if not cfg.loss._target_.endswith(".MSELoss"):
+    if not cfg.loss._target_.endswith(".MSELoss") or not target.endswith((".MatrixFactorization", ".CollabMLP")):
         return None
     y_range = rating_range(m.y_range, schema.rating_low, schema.rating_high)
     if target.endswith(".MatrixFactorization"):

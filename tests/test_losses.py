@@ -56,6 +56,9 @@ class Towers(nn.Module):
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
 
+    def score_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score(batch, batch["items"]), self.penalty(batch)
+
 
 def fake_datamodule(users: torch.Tensor = TRAIN_USERS, items: torch.Tensor = TRAIN_ITEMS, n_items: int = N_ITEMS):
     schema = Schema(n_users=int(users.max()) + 1, n_items=n_items, rating_low=1.0, rating_high=5.0, global_mean=3.0)

@@ -170,10 +170,10 @@ def test_yaml_builds_the_documented_defaults(tmp_path: Path) -> None:
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [*cfg.model.hidden, 1]
 
 
-@pytest.mark.parametrize("family", ["mf", "mlp"])
-def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(family: str) -> None:
-    """MSE training asks for both at once: the same values and gradients as rating() and penalty() apart, with
-    each embedding table looked up once instead of twice."""
+@pytest.mark.parametrize(("family", "what"), [("mf", "rating"), ("mlp", "rating"), ("mf", "score")])
+def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(family: str, what: str) -> None:
+    """MSE training asks for the rating and the penalty at once, BPR for the positives' scores and the penalty: the
+    same values and gradients as the two calls apart, with each embedding table looked up once instead of twice."""
     from recarena.models.mf import MatrixFactorization
 
     torch.manual_seed(0)
@@ -182,16 +182,18 @@ def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(family: str) -> No
     calls = []
     for table in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
         table.register_forward_hook(lambda *_: calls.append(1))
-    rating, penalty = model.rating_and_penalty(batch)
+    both = model.rating_and_penalty if what == "rating" else model.score_and_penalty
+    value, penalty = both(batch)
     together = len(calls)
-    (rating.sum() + penalty).backward()
+    (value.sum() + penalty).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     calls.clear()
-    apart_rating, apart_penalty = model.rating(batch), model.penalty(batch)
+    apart = model.rating(batch) if what == "rating" else model.score(batch, batch["items"])
+    apart_penalty = model.penalty(batch)
     assert len(calls) == 2 * together
-    torch.testing.assert_close(rating, apart_rating)
+    torch.testing.assert_close(value, apart)
     torch.testing.assert_close(penalty, apart_penalty)
-    (apart_rating.sum() + apart_penalty).backward()
+    (apart.sum() + apart_penalty).backward()
     for grad, param in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(grad, param.grad)

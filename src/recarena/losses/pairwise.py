@@ -83,11 +83,10 @@ class BPRLoss(Loss):
         return negatives
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        positives = batch["items"]  # (B,)
         k = self.n_negatives
-        pos = model.score(batch, positives)  # (B,)
+        pos, penalty = model.score_and_penalty(batch)  # (B,) scores of the positives, scalar
         # Negative k of row r sits at k * B + r: the batch repeated K times lines up with it.
         repeated = batch if k == 1 else {name: col.repeat(k, *([1] * (col.dim() - 1))) for name, col in batch.items()}
         negatives = self.sample_negatives(repeated["users"], int(model.schema.n_items))  # (K B,)
         neg = model.score(repeated, negatives).view(k, -1)  # (K, B)
-        return -F.logsigmoid(pos[None, :] - neg).mean() + model.penalty(batch)
+        return -F.logsigmoid(pos[None, :] - neg).mean() + penalty

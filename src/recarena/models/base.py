@@ -144,6 +144,11 @@ class RecommenderModule(L.LightningModule):
         prediction gathers (MF's touched-rows L2) computes both from one lookup."""
         return self.rating(batch), self.penalty(batch)
 
+    def score_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score(batch, batch["items"]), penalty(batch))``: each row's score for its own item, with the
+        regulariser, for ranking losses. MF computes both from one lookup, as :meth:`rating_and_penalty`."""
+        return self.score(batch, batch["items"]), self.penalty(batch)
+
     def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """Ranking score of each training row's user for ``items[r]`` (one item per row), ``(B,)``, before
         any squashing. Default: the dot product of the row's user vector and the item's vector."""

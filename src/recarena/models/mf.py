@@ -126,12 +126,18 @@ class MatrixFactorization(RecommenderModule):
             return torch.zeros((), device=self.device)
         return self.l2 * touched_rows_l2(*self._rows(batch))
 
-    def rating_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predicted ratings and the touched-rows L2 (:func:`touched_rows_l2`) from one lookup of each table:
-        looking the rows up again for the penalty doubled the embedding lookups and their backward calls."""
+    def score_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's score for its own item (the logit p_u . q_i + b_u + b_i) and the touched-rows L2
+        (:func:`touched_rows_l2`) from one lookup of each table: looking the rows up again for the penalty doubled
+        the embedding lookups and their backward calls."""
         rows = self._rows(batch)
         p, q, b_u, b_i = rows
-        rating = self.squash((p * q).sum(-1) + b_u.squeeze(-1) + b_i.squeeze(-1))
+        logits = (p * q).sum(-1) + b_u.squeeze(-1) + b_i.squeeze(-1)
         if not self.l2:
-            return rating, torch.zeros((), device=self.device)
-        return rating, self.l2 * touched_rows_l2(*rows)
+            return logits, torch.zeros((), device=self.device)
+        return logits, self.l2 * touched_rows_l2(*rows)
+
+    def rating_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted ratings (the squashed logits) and the penalty, from one lookup (:meth:`score_and_penalty`)."""
+        logits, penalty = self.score_and_penalty(batch)
+        return self.squash(logits), penalty
