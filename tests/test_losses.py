@@ -90,6 +90,28 @@ def test_inbatch_columns_are_the_distinct_positives() -> None:
     torch.testing.assert_close(loss(model, BATCH), expected)
 
 
+@pytest.mark.parametrize("loss_class", [InBatchSoftmaxLoss, LogQCorrectedSoftmaxLoss])
+def test_under_ddp_a_process_scores_its_rows_against_every_process_s_columns(loss_class, monkeypatch) -> None:
+    """Process 1 of 2 holding BATCH's last 2 rows (positives 1, 3; the gather stubbed: process 0 holds the first 4):
+    its logits, labels and LogQ correction are the single-process batch's rows 4-5, over the columns [1, 3, 4] of
+    all 6 positives with B = 6. Without ``across_processes`` its columns are its own positives [1, 3] only."""
+    from recarena.losses import sampled_softmax
+
+    model, whole = Towers(), loss_class()
+    whole.setup(fake_datamodule())
+    expected, expected_labels, columns = whole.logits(model, BATCH)
+    mine = {name: column[4:] for name, column in BATCH.items()}
+    monkeypatch.setattr(sampled_softmax, "gather_rows", lambda items: (torch.cat([BATCH["items"][:4], items]), 4))
+    gathered, own = loss_class(), loss_class(across_processes=False)
+    for loss in (gathered, own):
+        loss.setup(fake_datamodule())
+    logits, labels, got = gathered.logits(model, mine)
+    assert got.tolist() == [1, 3, 4] and torch.equal(labels, expected_labels[4:])
+    torch.testing.assert_close(logits, expected[4:])
+    logits, labels, got = own.logits(model, mine)
+    assert got.tolist() == [1, 3] and logits.shape == (2, 2)
+
+
 def test_inbatch_dot_similarity_is_the_family_score() -> None:
     model, loss = Towers(), InBatchSoftmaxLoss(similarity="dot", scale=1.0)
     logits, labels, columns = loss.logits(model, BATCH)

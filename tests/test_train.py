@@ -307,28 +307,24 @@ _GLOBAL_BATCH = [*TINY_DATA, "trainer.max_epochs=2", "trainer.enable_progress_ba
 _INBATCH = ["family=twotower_inbatch", "model.dropout=0", "model.input_dropout=0", "loss.positive_threshold=null"]
 
 
-def _ddp(overrides: list[str], run_dir: Path, tmp_path: Path, data_cache: Path) -> dict:
-    """Train on two CPU processes (gloo) at batch 64 each; the run's metrics.json."""
-    proc = _run_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=64", *overrides,
-                       f"hydra.run.dir={run_dir}"], tmp_path, {"RECARENA_DATA": str(data_cache)})  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", [["family=mf"], _INBATCH], ids=["mf_mse", "twotower_inbatch"])
 def test_ddp_trains_as_one_process_at_the_global_batch(family: list[str], tmp_path: Path, data_cache: Path) -> None:
     """trainer=ddp, 2 processes at batch 64, against 1 process at batch 128: the same global batches (each process
     takes every other row of the same permutation), gradients averaged across processes, so the same model up to
     float rounding, and the evaluator, with each user scored on exactly one process, gives the same metrics. For the
-    in-batch softmax that holds only because the columns are gathered across processes."""
+    in-batch softmax that holds only because the columns are gathered across processes (test_losses.py's
+    test_under_ddp_a_process_scores_its_rows_against_every_process_s_columns: without, other columns)."""
     overrides = [*_GLOBAL_BATCH, *family]
     one = _run_train(["trainer=cpu", "batch_size=128", *overrides, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path,
                      {"RECARENA_DATA": str(data_cache)})  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     run_dir = tmp_path / "ddp"
-    result = _ddp(overrides, run_dir, tmp_path, data_cache)
+    two = _run_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=64", *overrides,
+                      f"hydra.run.dir={run_dir}"], tmp_path, {"RECARENA_DATA": str(data_cache)})  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads((run_dir / "metrics.json").read_text())
     for split in ("val", "test"):
         for name, value in single[split].items():
             assert result[split][name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
@@ -340,9 +336,6 @@ def test_ddp_trains_as_one_process_at_the_global_batch(family: list[str], tmp_pa
     alone = pd.read_parquet(tmp_path / "one" / "per_user_metrics.parquet")
     assert per_user["user"].is_unique and per_user["user"].tolist() == alone["user"].tolist()
     assert per_user["ndcg@10"].mean() == pytest.approx(result["test"]["test/ndcg@10"], rel=1e-5)
-    if family == _INBATCH:  # each process's own columns only: another softmax, another model
-        own = _ddp([*overrides, "loss.across_processes=false"], tmp_path / "own", tmp_path, data_cache)
-        assert own["val"]["val/ndcg@10"] != pytest.approx(single["val"]["val/ndcg@10"], rel=1e-3)
 
 
 @pytest.mark.slow
