@@ -13,9 +13,10 @@ import torch
 from threadpoolctl import threadpool_info
 
 from recarena import launchers, threads
+from recarena.checks import check_config
 from recarena.errors import ConfigError
 from recarena.launchers import check_launcher_plugin
-from tests.conftest import TINY_DATA
+from tests.conftest import TINY_DATA, compose_config
 from tests.test_train import _run_train
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra; make test installs it")
@@ -56,14 +57,21 @@ def test_use_threads_limits_torch_and_blas() -> None:
         threads.use_threads(before)
 
 
-@pytest.mark.parametrize(("value", "parsed"), [("0", "0"), ("-2", "-2"), ("two", "'two'")])
-def test_bad_threads_is_one_line_and_exit_code_2(value: str, parsed: str, tmp_path: Path) -> None:
-    proc = _run_train([f"threads={value}", *TINY_DATA, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, {})
+def _threads_error(parsed: str) -> str:
+    return (f"threads must be a positive number of CPU threads per job or auto (this job's share of the cores), "
+            f"got threads={parsed}.")  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("0", "0"), ("-2", "-2")])
+def test_bad_threads_are_refused_at_start_up(value: str, parsed: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(_threads_error(parsed))):
+        check_config(compose_config([f"threads={value}", *TINY_DATA], tmp_path / "run"))
+
+
+def test_bad_threads_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    proc = _run_train(["threads=two", *TINY_DATA, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, {})
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines() == [
-        f"error: threads must be a positive number of CPU threads per job or auto (this job's share of the cores), "
-        f"got threads={parsed}."
-    ]
+    assert proc.stderr.strip().splitlines() == [f"error: {_threads_error(repr('two'))}"]
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
