@@ -245,12 +245,15 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def _eval_device(self, data: EvalData) -> torch.device | None:
         """Where evaluation chunks are cut: on the accelerator when ``data.device_resident`` would put pairs of
-        their size there (:func:`recarena.data.views.residency`), so no chunk is copied; else on the host."""
+        their size there (:func:`recarena.data.views.residency`), so no chunk is copied; else on the host. ``true``
+        is read as ``auto`` here: it promises the training view a place on the device, and evaluation columns that
+        do not fit beside it fall back to the host instead of stopping the run."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type == "cpu":
             return None
+        option = self.data_cfg.get("device_resident", "auto")
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-        where = residency(self.data_cfg.get("device_resident", "auto"), device, data.pair_bytes, free)
+        where = residency("auto" if option in (True, "true") else option, device, data.pair_bytes, free)
         return device if where == "device" else None
 
     def _rank_and_world(self) -> tuple[int, int]:
