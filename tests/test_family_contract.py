@@ -68,6 +68,21 @@ def test_family_builds_and_scores_every_item(built, model_name: str) -> None:
     assert ranks_agree(pairwise.view(len(users), -1), scores)
 
 
+@pytest.mark.parametrize("model_name", MODELS)
+def test_score_all_writes_into_the_evaluator_s_block(built, model_name: str) -> None:
+    """The evaluator reuses one scores block across chunks (``out=``): the family writes every cell of it, the
+    same scores as a fresh result, and returns the block itself."""
+    _, dm, model = built(model_name)
+    model.eval()
+    users = torch.arange(min(dm.schema.n_users, 16))
+    block = torch.full((len(users) + 3, dm.schema.n_items), float("nan"))[: len(users)]
+    with torch.no_grad():
+        fresh = model.score_all(users)
+        written = model.score_all(users, out=block)
+    assert written.data_ptr() == block.data_ptr() and written.shape == fresh.shape
+    torch.testing.assert_close(written, fresh.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_every_family_but_the_fitted_ones_has_an_objective() -> None:
     assert {"mf", "mlp", "twotower", "siamese", "ials"} <= set(TRAINED) and "ease" not in TRAINED
 

@@ -69,6 +69,27 @@ def test_popularity_needs_no_training_and_scores_the_brute_force_ndcg(make_cfg) 
     assert result["test"]["test/ndcg@10"] == pytest.approx(float(np.mean(ndcgs)), rel=1e-6)
 
 
+def test_evaluation_chunks_write_into_one_scores_block(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk of an evaluation scores into the block the first one allocated (a fresh one per chunk costs
+    page faults on CPU: ``matmul_into``), the last, shorter chunk included, and the metrics are those of one chunk."""
+    from recarena.models.mf import MatrixFactorization
+
+    blocks: list[tuple[int, int]] = []
+    original = MatrixFactorization.score_all
+
+    def spy(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        blocks.append((out.data_ptr(), len(users)))
+        return original(self, users, out)
+
+    monkeypatch.setattr(MatrixFactorization, "score_all", spy)
+    chunked = train(make_cfg("model=mf", "seed=3", "eval.user_chunk=7"))
+    test_chunks = blocks[-math.ceil(chunked["test"]["test/users_ranked"] / 7):]
+    assert len(test_chunks) > 2 and len({pointer for pointer, _ in test_chunks}) == 1
+    assert len({rows for _, rows in blocks}) > 1  # a shorter last chunk wrote into the same block
+    whole = train(make_cfg("model=mf", "seed=3", "eval.user_chunk=100000", "overwrite=true"))
+    assert chunked["test"] == pytest.approx(whole["test"], rel=1e-6) and chunked["val"] == pytest.approx(whole["val"], rel=1e-6)
+
+
 def test_same_seed_same_metrics(make_cfg, tmp_path: Path) -> None:
     first = train(make_cfg("model=mf", "seed=7"))
     second = train(make_cfg("model=mf", "seed=7", "overwrite=true"))  # the same run dir, on purpose

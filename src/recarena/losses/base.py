@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recarena.evaluation.ranking import matmul_into
+
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
 
@@ -41,8 +43,9 @@ class Loss(nn.Module):
     def setup(self, datamodule: Any) -> None:
         """Read what the loss needs from the training data (e.g. item frequencies for LogQ). Default: nothing."""
 
-    def compare(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``(B, D), (N, D) -> (B, N)``: how this objective compares user and item vectors.
+    def compare(self, users: torch.Tensor, items: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D), (N, D) -> (B, N)``: how this objective compares user and item vectors (into ``out`` when
+        given: :func:`~recarena.evaluation.ranking.matmul_into`).
 
         Embedding families rank the catalogue with it, so evaluation ranks by the similarity training optimised
         (a model trained on cosine similarities is ranked by cosine, not by raw dot products that favour long
@@ -50,7 +53,7 @@ class Loss(nn.Module):
         """
         if self.similarity == "cosine":
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
-        return users @ items.T
+        return matmul_into(users, items.T, out)
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

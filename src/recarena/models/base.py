@@ -100,6 +100,7 @@ class RecommenderModule(L.LightningModule):
         self.train_batches = 0
         self._bare_steps = False  # set when training starts: see bare_steps_apply
         self._epoch_started = 0.0
+        self._scores: torch.Tensor | None = None  # the evaluation's scores block: see _score_block
 
     # Lightning assigns ``_current_fx_name`` around every hook it calls, ~45 times per training step, and our
     # step updates two counters; ``nn.Module.__setattr__`` checks each value against parameters, buffers and
@@ -162,9 +163,11 @@ class RecommenderModule(L.LightningModule):
         """``(N, D)`` item representations (families with "embeddings")."""
         raise NotImplementedError
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every catalogue item for each user: (B,) -> (B, n_items). Higher = recommended first.
-        A fresh tensor (not a view of the model's own), which the evaluator overwrites in place."""
+        Written into ``out`` (float32, (B, n_items)) and returned when given: the evaluator's block, reused by every
+        chunk (:func:`~recarena.evaluation.ranking.matmul_into` says why); otherwise a fresh tensor, not a view of
+        the model's own. Either way the evaluator overwrites it in place."""
         raise NotImplementedError
 
     def item_similarity_vectors(self) -> torch.Tensor | None:
@@ -281,13 +284,22 @@ class RecommenderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, torch.Tensor], ranking: RankingMetrics, rating: RatingMetrics) -> None:
-        scores = self.score_all(batch["users"])  # (B, n_items), fresh: the metric writes into it
+        scores = self.score_all(batch["users"], out=self._score_block(len(batch["users"])))  # the metric writes into it
         ranking.update(scores, batch, overwrite=True)
         if self.predicts_ratings and batch["held_item"].numel():
             users = batch["users"][batch["held_row"]]
             rating.update(self.predict_ratings(users, batch["held_item"]), batch["held_rating"])
 
+    def _score_block(self, rows: int) -> torch.Tensor:
+        """``(rows, n_items)`` float32 scores block, allocated by the first chunk of an evaluation and reused by the
+        next ones (released at its end, so training does not hold it)."""
+        block = self._scores
+        if block is None or len(block) < rows or block.device != self.device:
+            block = self._scores = torch.empty(rows, self.schema.n_items, device=self.device)
+        return block[:rows]
+
     def _eval_epoch_end(self, prefix: str, ranking: RankingMetrics, rating: RatingMetrics) -> None:
+        self._scores = None
         values = {f"{prefix}/{k}": v for k, v in ranking.compute().items()}
         if self.predicts_ratings and rating.update_count:
             values.update({f"{prefix}/{k}": v for k, v in rating.compute().items()})

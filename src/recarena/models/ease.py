@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from recarena.errors import ConfigError
+from recarena.evaluation.ranking import matmul_into
 from recarena.losses.base import Loss
 from recarena.models.interactions import LikedItemsModel
 from recarena.schema import Schema
@@ -82,8 +83,8 @@ class EASE(LikedItemsModel):
     def fit_items(self, x: sp.csr_matrix, device: torch.device | str) -> None:
         self.weights = ease_weights(x, self.l2, device)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.history.dense(users) @ self.weights  # (B, n_items) @ (n_items, n_items)
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return matmul_into(self.history.dense(users), self.weights, out)  # (B, n_items) @ (n_items, n_items)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (self.history.dense(users) * self.weights[:, items].T).sum(-1)  # (N,)

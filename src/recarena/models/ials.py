@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from recarena.errors import ConfigError
+from recarena.evaluation.ranking import matmul_into
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule
 from recarena.models.interactions import SparseRows, fit_device, positives_matrix
@@ -240,8 +241,8 @@ class IALS(RecommenderModule):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (self.user_factors[users] * self.item_factors[items]).sum(-1)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_factors[users] @ self.item_factors.T  # (B, n_items)
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return matmul_into(self.user_factors[users], self.item_factors.T, out)  # (B, n_items)
 
     def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor:
         return self.user_factors if users is None else self.user_factors[users]

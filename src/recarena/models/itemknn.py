@@ -106,9 +106,10 @@ class ItemKNN(LikedItemsModel):
     def fit_items(self, x: sp.csr_matrix, device: torch.device | str) -> None:
         self.neighbours.set(neighbour_weights(x, self.k, self.shrink, self.alpha), device)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         liked = self.history.dense(users)  # (B, n_items)
-        return torch.sparse.mm(self.neighbours.to_torch_sparse(), liked.T).T  # (X Sᵀ)_u = (S X_uᵀ)ᵀ, (B, n_items)
+        scores = torch.sparse.mm(self.neighbours.to_torch_sparse(), liked.T).T  # (X Sᵀ)_u = (S X_uᵀ)ᵀ, (B, n_items)
+        return scores if out is None else out.copy_(scores)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (self.history.dense(users) * self.neighbours.dense(items)).sum(-1)  # (N,)

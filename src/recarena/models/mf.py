@@ -88,11 +88,11 @@ class MatrixFactorization(RecommenderModule):
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.item_embeddings(items)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Bias-augmented dot products before the sigmoid (the same ranking as the predicted ratings, as the
         sigmoid is monotone, without the float32 ties a saturated sigmoid makes), or their cosine when the loss
         trained on cosine similarities."""
-        return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings())
+        return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings(), out)
 
     def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor:
         """Bias-augmented user vectors ``[p_u, b_u, 1]``, ``(B, n_factors + 2)`` (all users when None)."""

@@ -109,7 +109,7 @@ class CollabMLP(RecommenderModule):
         """Pre-sigmoid output for each row's user and ``items[r]``, ``(B,)`` (what ranking losses compare)."""
         return self._logits(batch["users"], items)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-sigmoid scores of every item for each user, (B,) -> (B, n_items), by the split first layer.
 
         The sigmoid is monotone, so these rank exactly as the predicted ratings do, without the ties a
@@ -121,7 +121,7 @@ class CollabMLP(RecommenderModule):
         n_users, n_items = user_part.shape[0], item_part.shape[0]
         # Items per block so that one (B, chunk, width) float32 activation stays under SCORE_BLOCK_BYTES.
         chunk = max(1, SCORE_BLOCK_BYTES // (4 * max(n_users, 1) * self.max_width))
-        scores = user_part.new_empty(n_users, n_items)  # (B, n_items)
+        scores = user_part.new_empty(n_users, n_items) if out is None else out  # (B, n_items)
         for start in range(0, n_items, chunk):
             block = user_part[:, None, :] + item_part[None, start : start + chunk, :]  # (B, C, H_1)
             scores[:, start : start + chunk] = self.rest(block).squeeze(-1)  # (B, C, 1) -> (B, C)

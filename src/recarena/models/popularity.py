@@ -39,5 +39,6 @@ class Popularity(RecommenderModule):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.popularity[items]
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.popularity.expand(len(users), -1).clone()  # fresh: the evaluator writes into it
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        rows = self.popularity.expand(len(users), -1)
+        return rows.clone() if out is None else out.copy_(rows)  # a copy: the evaluator writes into it

@@ -64,6 +64,7 @@ from recarena.data.side_info import uses_future_item_features
 from recarena.data.text_encoding import TEXT_DIM, descriptor_text_vectors, encode_queries
 from recarena.data.triplets import MiningOptions, TripletData
 from recarena.errors import ConfigError
+from recarena.evaluation.ranking import matmul_into
 from recarena.losses.base import Loss
 from recarena.models.base import RecommenderModule
 from recarena.models.interactions import segments
@@ -294,9 +295,9 @@ class Siamese(RecommenderModule):
         table = self._all_items()
         return (self._users(users, table) * table[items]).sum(-1)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         table = self._all_items()  # (n_items, D)
-        return self._users(users, table) @ table.T  # (B, n_items) cosines
+        return matmul_into(self._users(users, table), table.T, out)  # (B, n_items) cosines
 
     # ------------------------------------------------------------------ data
     def attach(self, dm: Any) -> None:

@@ -273,10 +273,10 @@ class TwoTower(RecommenderModule):
     def score(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         return (self.user_vectors(batch) * self.item_tower(items)).sum(-1)  # (B,)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items) = U V^T (or cosine, as the loss compares them); the user's mean is a per-row constant,
         so it changes no ranking."""
-        return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings())
+        return self.loss_fn.compare(self.user_embeddings(users), self.item_embeddings(), out)
 
     def item_biases(self) -> torch.Tensor | None:
         """``(n_items,)`` learned item biases (``item_bias``; ``recarena explain``), None without them."""
