@@ -5,11 +5,11 @@ The MF and MLP rows generate their data on the device (no files to carry; the pr
 - **MF epoch** over ``--ratings`` synthetic ratings (default ML-25M's size) at batch 1,024 and 65,536:
   recarena (``model=mf loss=mse`` as conf/ configures it, the device-resident :class:`ShuffledBatches` of
   ``data.device_resident``, its training step, through Lightning's ``Trainer``) against the same maths in a bare
-  loop over the same device tensors (:func:`bench.throughput.bare_maths`). Each side runs ``--steps`` optimiser
+  loop over the same device tensors (:func:`bench.bare.bare_maths`). Each side runs ``--steps`` optimiser
   steps after a warm-up; the time is extrapolated to one epoch. The same with ``compile=`` (``--compile``,
   CUDA graphs by default), with ``optimizer=sparse_adam`` and with ``trainer.precision=bf16-mixed`` at the
   large batch: the rows that choose ``conf/trainer/gpu.yaml``'s defaults.
-- **MLP epoch** the same way, against :class:`bench.throughput.BareMLP`.
+- **MLP epoch** the same way, against :class:`bench.bare.BareMLP`.
 - **twotower_logq and mlp epochs through train.py's pipeline**: synthetic data generated, split and viewed as a run
   does (on the CPU, ~1 minute at 25M), then ``--pipeline-seconds`` of training extrapolated to an epoch.
 - **Full-catalogue top-20** over ``--eval-users`` x ``--items``: recarena's evaluator (``RankingMetrics``) against
@@ -39,15 +39,17 @@ from recarena.schema import Schema
 from recarena.timing import EpochTimer
 
 try:  # run as a script from the repository (python bench/gpu.py) or as a module (python -m bench.gpu)
+    from bare import bare_maths
     from ranking import bare as bare_ranking
     from ranking import ours as our_ranking
     from ranking import synthetic
-    from throughput import bare_maths, config, datamodule, recarena_side
+    from throughput import config, datamodule, recarena_side
 except ImportError:
+    from bench.bare import bare_maths
     from bench.ranking import bare as bare_ranking
     from bench.ranking import ours as our_ranking
     from bench.ranking import synthetic
-    from bench.throughput import bare_maths, config, datamodule, recarena_side
+    from bench.throughput import config, datamodule, recarena_side
 
 
 def sync(device: torch.device) -> None:
@@ -98,13 +100,13 @@ def bare_epoch(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: 
 
     def run(count: int) -> float:
         order = torch.randperm(n, device=device)
-        cols = {k: tensors[k].index_select(0, order) for k in ("users", "items", "ratings")}
+        cols = {k: tensors[k].index_select(0, order) for k in model.columns}
         sync(device)
         started = time.perf_counter()
         for s in range(count):
             a = (s * batch) % max(n - batch, 1)
             optimizer.zero_grad(set_to_none=True)
-            model.loss(cols["users"][a : a + batch], cols["items"][a : a + batch], cols["ratings"][a : a + batch]).backward()
+            model.loss({k: column[a : a + batch] for k, column in cols.items()}).backward()
             optimizer.step()
         sync(device)
         return time.perf_counter() - started
@@ -115,7 +117,7 @@ def bare_epoch(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: 
 
 def family(name: str, schema: Schema, **options) -> tuple[L.LightningModule, torch.nn.Module]:
     """``model=name loss=mse`` as configured in conf/ (its YAML's hyperparameters) through recarena, and the same
-    maths as a bare module (:func:`bench.throughput.bare_maths`), both on Adam at lr 0.005 unless ``options``
+    maths as a bare module (:func:`bench.bare.bare_maths`), both on Adam at lr 0.005 unless ``options``
     says otherwise (``optimizer=``: another conf/optimizer/ option; ``compile_step``)."""
     cfg = compose(f"model={name}", "loss=mse", "optimizer.lr=0.005", *options.pop("overrides", []))
     module = instantiate(cfg.model, schema=schema, loss=MSELoss(), optimizer=instantiate(cfg.optimizer),

@@ -38,9 +38,9 @@ from recarena.models.layers import rating_range
 from recarena.timing import EpochTimer
 
 try:  # run as a script from the repository (python bench/scale.py) or as a module (python -m bench.scale)
-    from throughput import BareMF
+    from bare import BareMF
 except ImportError:
-    from bench.throughput import BareMF
+    from bench.bare import BareMF
 
 
 def peak_rss_gb() -> float:
@@ -117,7 +117,7 @@ def time_mlp_eval(overrides: list[str], out: Path, max_users: int) -> None:
 
 
 def bare_mf_epoch(cfg, dm) -> float:
-    """Seconds of one epoch of the same MF maths as a bare loop (:class:`bench.throughput.BareMF` with sparse
+    """Seconds of one epoch of the same MF maths as a bare loop (:class:`bench.bare.BareMF` with sparse
     embedding gradients and torch's SparseAdam, as ``optimizer=sparse_adam`` updates MF) over the same view."""
     m = cfg.model
     model = BareMF(dm.schema.n_users, dm.schema.n_items, int(m.n_factors), float(m.init_std),
@@ -126,10 +126,10 @@ def bare_mf_epoch(cfg, dm) -> float:
     columns, batch = dm.train_tensors, int(cfg.batch_size)
     started = time.perf_counter()
     order = torch.randperm(dm.n_train)
-    users, items, ratings = (columns[name][order] for name in ("users", "items", "ratings"))
+    permuted = {name: columns[name][order] for name in model.columns}
     for a in range(0, dm.n_train, batch):
         optimizer.zero_grad(set_to_none=True)
-        model.loss(users[a : a + batch], items[a : a + batch], ratings[a : a + batch]).backward()
+        model.loss({name: column[a : a + batch] for name, column in permuted.items()}).backward()
         optimizer.step()
     return time.perf_counter() - started
 

@@ -4,11 +4,11 @@ Both sides train the same maths (``--model``, with its default loss or ``--loss`
 same tensors at the same batch size, in one process, alternated, each for about ``--seconds`` of training per
 configuration (the data is built once per configuration; a side stops mid-epoch when its time is up, so a slow
 family or a large ``--n-ratings`` costs no more time, only fewer steps).
-For ``model=mf`` and ``model=mlp`` with ``loss=mse`` and for ``model=mf loss=bpr`` the bare side is their maths
-written in plain PyTorch (:class:`BareMF`, :class:`BareMLP`, :class:`BareBPRMF`: "bare maths"), so the ratio shows
-the whole cost of recarena's module, loss, batches and Lightning. For the feature families (twotower, siamese) it
-steps recarena's own module and loss by hand ("module loop": ``model.attach(dm)``, then permute, slice, step), so
-the ratio shows Lightning's and the datamodule's share only.
+For every family preset the bare side is the family's maths written in plain PyTorch (:mod:`bench.bare`: "bare
+maths"), so the ratio shows the whole cost of recarena's module, loss, batches and Lightning. A ``--model`` /
+``--loss`` pair bench/bare.py does not write out (e.g. ``loss=mns``) steps recarena's own module and loss by hand
+instead ("module loop": ``model.attach(dm)``, then permute, slice, step): that ratio shows Lightning's and the
+datamodule's share only.
 Printed: samples/s of each side and their ratio (target >= 0.85), then epoch wall times on ML-100K at batch 64
 and 1024.
 
@@ -39,9 +39,12 @@ from recarena.build import (
     compose,
 )
 from recarena.checks import family_presets, group_targets
-from recarena.models.layers import rating_range
-from recarena.models.mlp import embedding_size
 from recarena.timing import EpochTimer
+
+try:  # run as a script from the repository (python bench/throughput.py) or as a module (python -m bench.throughput)
+    from bare import bare_maths
+except ImportError:
+    from bench.bare import bare_maths
 
 
 def config(overrides: list[str], out: Path, trainer: str = "cpu"):
@@ -95,124 +98,18 @@ def _fit(cfg, dm, epochs: int, steps: int, out: Path) -> EpochTimer:
     return timer
 
 
-class BareMF(torch.nn.Module):
-    """Biased matrix factorisation (Koren et al. 2009) with a sigmoid range, in plain PyTorch: the maths of
-    ``model=mf loss=mse`` (per-rating L2 on the touched rows) without recarena's module, loss or batches."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, y_range: tuple[float, float],
-                 l2: float, sparse: bool = False) -> None:  # fmt: skip
-        super().__init__()
-        self.p, self.q = torch.nn.Embedding(n_users, dim, sparse=sparse), torch.nn.Embedding(n_items, dim, sparse=sparse)
-        self.b_u, self.b_i = torch.nn.Embedding(n_users, 1, sparse=sparse), torch.nn.Embedding(n_items, 1, sparse=sparse)
-        for table in (self.p, self.q):
-            torch.nn.init.normal_(table.weight, std=init_std)
-        for table in (self.b_u, self.b_i):
-            torch.nn.init.zeros_(table.weight)
-        self.low, self.high, self.l2 = y_range[0], y_range[1], l2
-
-    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        p, q = self.p(users), self.q(items)
-        b_u, b_i = self.b_u(users).squeeze(-1), self.b_i(items).squeeze(-1)
-        pred = self.low + (self.high - self.low) * torch.sigmoid((p * q).sum(-1) + b_u + b_i)
-        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1) + b_u.pow(2) + b_i.pow(2)).mean()
-        return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
-
-
-class BareBPRMF(BareMF):
-    """MF ranked by BPR (Rendle et al. 2009) in plain PyTorch: the maths of ``model=mf loss=bpr``. Each positive
-    (u, i) against ``k`` items drawn uniformly, those that are u's training positives redrawn (``exclude_seen``,
-    membership by binary search in the sorted keys u * n_items + i), -log σ(s(u,i) - s(u,j)) with s the biased dot
-    product, plus the L2 of the positive's rows."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, l2: float, k: int,
-                 seen: torch.Tensor | None) -> None:  # fmt: skip
-        super().__init__(n_users, n_items, dim, init_std, (0.0, 1.0), l2)
-        self.n_items, self.k, self.seen = n_items, k, seen
-
-    def negatives(self, users: torch.Tensor) -> torch.Tensor:
-        drawn = torch.randint(self.n_items, users.shape)
-        for _ in range(20 if self.seen is not None else 0):
-            keys = users * self.n_items + drawn
-            clash = self.seen[torch.searchsorted(self.seen, keys).clamp_(max=len(self.seen) - 1)] == keys
-            if not bool(clash.any()):
-                break
-            drawn = torch.where(clash, torch.randint(self.n_items, users.shape), drawn)
-        return drawn
-
-    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        p, q = self.p(users), self.q(items)
-        b_u, b_i = self.b_u(users).squeeze(-1), self.b_i(items).squeeze(-1)
-        positive = (p * q).sum(-1) + b_u + b_i  # (B,)
-        users_k = users.repeat(self.k)  # negative k of row r at k * B + r
-        negative = self.negatives(users_k)
-        score = (self.p(users_k) * self.q(negative)).sum(-1) + self.b_u(users_k).squeeze(-1) + self.b_i(negative).squeeze(-1)
-        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1) + b_u.pow(2) + b_i.pow(2)).mean()
-        return -torch.nn.functional.logsigmoid(positive[None, :] - score.view(self.k, -1)).mean() + self.l2 * penalty
-
-
-class BareMLP(torch.nn.Module):
-    """The collaborative MLP (fastai's, Howard & Gugger ch. 8) in plain PyTorch: user and item embeddings
-    concatenated, through ReLU/dropout layers to a sigmoid range, L2 on the touched rows: the maths of
-    ``model=mlp loss=mse``."""
-
-    def __init__(self, n_users: int, n_items: int, dims: tuple[int, int], hidden: list[int], dropout: float,
-                 init_std: float, y_range: tuple[float, float], l2: float) -> None:  # fmt: skip
-        super().__init__()
-        self.p, self.q = torch.nn.Embedding(n_users, dims[0]), torch.nn.Embedding(n_items, dims[1])
-        for table in (self.p, self.q):
-            torch.nn.init.normal_(table.weight, std=init_std)
-        widths = [sum(dims), *hidden, 1]
-        layers: list[torch.nn.Module] = [torch.nn.Linear(widths[0], widths[1])]
-        for width_in, width_out in zip(widths[1:-1], widths[2:], strict=True):
-            layers += [torch.nn.ReLU(inplace=True), torch.nn.Dropout(dropout), torch.nn.Linear(width_in, width_out)]
-        self.net = torch.nn.Sequential(*layers)
-        self.low, self.high, self.l2 = y_range[0], y_range[1], l2
-
-    def loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        p, q = self.p(users), self.q(items)
-        pred = self.low + (self.high - self.low) * torch.sigmoid(self.net(torch.cat([p, q], -1)).squeeze(-1))
-        penalty = (p.pow(2).sum(-1) + q.pow(2).sum(-1)).mean()
-        return torch.nn.functional.mse_loss(pred, ratings) + self.l2 * penalty
-
-
-def bare_maths(cfg, schema, train: dict[str, torch.Tensor] | None = None) -> torch.nn.Module | None:
-    """The family's maths as a plain module with ``loss(users, items, ratings)``, where one is written (MF and the
-    MLP under ``loss=mse``, MF under ``loss=bpr``, whose ``exclude_seen`` reads the training view ``train``); None
-    otherwise."""
-    m, target = cfg.model, cfg.model._target_
-    if cfg.loss._target_.endswith(".BPRLoss") and target.endswith(".MatrixFactorization"):
-        seen = None
-        if cfg.loss.exclude_seen:
-            seen = torch.sort(train["users"] * schema.n_items + train["items"]).values
-        return BareBPRMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), float(m.l2),
-                         int(cfg.loss.n_negatives), seen)  # fmt: skip
-    if not cfg.loss._target_.endswith(".MSELoss") or not target.endswith((".MatrixFactorization", ".CollabMLP")):
-        return None
-    y_range = rating_range(m.y_range, schema.rating_low, schema.rating_high)
-    if target.endswith(".MatrixFactorization"):
-        return BareMF(schema.n_users, schema.n_items, int(m.n_factors), float(m.init_std), y_range, float(m.l2))
-    if target.endswith(".CollabMLP"):
-        dims = (int(m.user_dim) if m.user_dim is not None else embedding_size(schema.n_users),
-                int(m.item_dim) if m.item_dim is not None else embedding_size(schema.n_items))  # fmt: skip
-        return BareMLP(schema.n_users, schema.n_items, dims, [int(h) for h in m.hidden], float(m.dropout),
-                       float(m.init_std), y_range, float(m.l2))  # fmt: skip
-    return None
-
-
 def bare_side(cfg, dm, seconds: float) -> tuple[float, str]:
     """Samples/s of a hand-written loop (permute, slice, step) over about ``seconds``, after a few warm-up steps.
-    Where :func:`bare_maths` has the family's maths it trains that on the rating columns alone; for the other
-    families it steps recarena's own module and loss (printed as "module loop": it measures Lightning's and the
-    datamodule's share, not the module's own overhead). Returns samples/s and which of the two it was."""
+    Where :func:`bare_maths` has the family's maths it trains that on the view's columns it reads; otherwise it
+    steps recarena's own module and loss (printed as "module loop": it measures Lightning's and the datamodule's
+    share, not the module's own overhead). Returns samples/s and which of the two it was."""
     torch.manual_seed(0)
     tensors = dm.train_tensors
-    model = bare_maths(cfg, dm.schema, dm.train_tensors)
+    model = bare_maths(cfg, dm.schema, dm)
     if model is not None:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
-        tensors = {name: tensors[name] for name in ("users", "items", "ratings")}
-
-        def loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model.loss(b["users"], b["items"], b["ratings"])
+        tensors = {name: tensors[name] for name in model.columns}
+        loss = model.loss
     else:
         module = build_model(cfg, dm)
         module.attach(dm)  # what Lightning's setup does: loss statistics, feature tables, mined triplets
