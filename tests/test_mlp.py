@@ -170,14 +170,14 @@ def test_yaml_builds_the_documented_defaults(tmp_path: Path) -> None:
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [*cfg.model.hidden, 1]
 
 
-@pytest.mark.parametrize(("family", "what"), [("mf", "rating"), ("mlp", "rating"), ("mf", "score")])
-def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(family: str, what: str) -> None:
+@pytest.mark.parametrize("what", ["rating", "score"])
+def test_rating_and_penalty_in_one_lookup_equal_the_two_calls(what: str) -> None:
     """MSE training asks for the rating and the penalty at once, BPR for the positives' scores and the penalty: the
     same values and gradients as the two calls apart, with each embedding table looked up once instead of twice."""
     from recarena.models.mf import MatrixFactorization
 
     torch.manual_seed(0)
-    model = (MatrixFactorization(SCHEMA, MSELoss(), l2=0.1) if family == "mf" else CollabMLP(SCHEMA, MSELoss(), l2=0.1))
+    model = MatrixFactorization(SCHEMA, MSELoss(), l2=0.1)
     batch = {"users": torch.tensor([1, 4, 1]), "items": torch.tensor([0, 2, 0])}
     calls = []
     for table in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):

@@ -40,8 +40,7 @@ class TripletLoss(Loss):
         self.criterion = nn.TripletMarginLoss(margin=margin, p=2.0)
 
     def forward(self, model: RecommenderModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # One encoder pass over the 3B items (each row is encoded on its own, so this is the three passes' result
-        # with a third of the per-call work).
-        items = torch.cat([batch["anchors"], batch["positives"], batch["negatives"]])
-        anchor, positive, negative = model.embed_items(items).chunk(3)  # (B, D) each
+        anchor = model.embed_items(batch["anchors"])  # (B, D)
+        positive = model.embed_items(batch["positives"])  # (B, D)
+        negative = model.embed_items(batch["negatives"])  # (B, D)
         return self.criterion(anchor, positive, negative) + model.penalty(batch)

@@ -95,10 +95,7 @@ class CollabMLP(RecommenderModule):
         self.l2 = l2
 
     def _logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self._logits_of(self.user_factors(users), self.item_factors(items))
-
-    def _logits_of(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([p, q], dim=-1)  # (N, d_u + d_i)
+        x = torch.cat([self.user_factors(users), self.item_factors(items)], dim=-1)  # (N, d_u + d_i)
         return self.rest(self.first(x)).squeeze(-1)  # (N, H_1) -> (N, 1) -> (N,)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -132,15 +129,9 @@ class CollabMLP(RecommenderModule):
         return self.item_factors.weight
 
     def penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """λ · mean over the batch of |p_u|² + |q_i|² (only the rows the batch touches)."""
+        """λ · mean over the batch of |p_u|² + |q_i|² (only the rows the batch touches). Looked up apart from the
+        prediction's rows (the default ``rating_and_penalty``): MF's one-lookup fusion would re-round the MLP's
+        embedding gradients, and so its trained metrics in their last digits, for a step the network dominates."""
         if not self.l2:
             return torch.zeros((), device=self.device)
         return self.l2 * touched_rows_l2(self.user_factors(batch["users"]), self.item_factors(batch["items"]))
-
-    def rating_and_penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predicted ratings and :meth:`penalty` from one lookup of each embedding table."""
-        p, q = self.user_factors(batch["users"]), self.item_factors(batch["items"])
-        rating = self.squash(self._logits_of(p, q))
-        if not self.l2:
-            return rating, torch.zeros((), device=self.device)
-        return rating, self.l2 * touched_rows_l2(p, q)
