@@ -45,10 +45,10 @@ lint: $(VENV)/.installed-test ## ruff
 	$(VENV)/bin/ruff check .
 
 test: install-test data lint ## install test extras, fill the data cache, lint, run the whole test suite
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto $(PYTEST_ARGS)
 
 test-fast: install-test ## the suite without slow tests
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto -m "not slow" $(PYTEST_ARGS)
 
 bench: install ## throughput, ranking, scale, inference, reference and compile benchmarks (minutes)
 	$(PY) bench/throughput.py

@@ -11,12 +11,26 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from recarena import paths
+from recarena import paths, threads
 from recarena.build import compose
 from recarena.checks import family_presets
 
 if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``pytest -n auto``) each worker takes its share of the cores, for its
+    own torch and for the train.py processes its tests start (``OMP_NUM_THREADS``, which ``threads: auto``
+    reads): workers that each used every core would oversubscribe them, and torch's spin-waiting threads then run
+    several times slower (README "Threads")."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(threads.available_cores() // workers, 1)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        threads.use_threads(share)
+
 
 #: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.
 REAL_DATA_CACHE = Path(os.environ.get("RECARENA_DATA", Path.home() / ".cache" / "recarena")).expanduser()

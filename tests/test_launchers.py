@@ -103,7 +103,8 @@ def test_joblib_runs_two_jobs_at_once_with_one_thread_each(tmp_path: Path, data_
     assert [r["threads"] for r in runs] == [1, 1]
 
 
-def test_joblib_auto_threads_are_each_jobs_share(tmp_path: Path, data_cache: Path) -> None:
+def test_joblib_auto_threads_are_each_jobs_share(tmp_path: Path, data_cache: Path, monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # it would win over auto (a pytest-xdist worker sets it)
     _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
     assert [r["threads"] for r in runs] == [max(threads.available_cores() // 2, 1)] * 2
 
