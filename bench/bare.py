@@ -64,16 +64,17 @@ class BareBPRMF(BareMF):
     def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, l2: float, k: int,
                  seen: torch.Tensor | None) -> None:  # fmt: skip
         super().__init__(n_users, n_items, dim, init_std, (0.0, 1.0), l2)
-        self.n_items, self.k, self.seen = n_items, k, seen
+        self.n_items, self.k = n_items, k
+        self.register_buffer("seen", seen, persistent=False)  # buffers follow .to(device)
 
     def negatives(self, users: torch.Tensor) -> torch.Tensor:
-        drawn = torch.randint(self.n_items, users.shape)
+        drawn = torch.randint(self.n_items, users.shape, device=users.device)
         for _ in range(20 if self.seen is not None else 0):
             keys = users * self.n_items + drawn
             clash = self.seen[torch.searchsorted(self.seen, keys).clamp_(max=len(self.seen) - 1)] == keys
             if not bool(clash.any()):
                 break
-            drawn = torch.where(clash, torch.randint(self.n_items, users.shape), drawn)
+            drawn = torch.where(clash, torch.randint(self.n_items, users.shape, device=users.device), drawn)
         return drawn
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -134,7 +135,7 @@ class BareTwoTower(nn.Module):
         n_genres = data.contexts.genres.shape[1]
         self.lookup = ContextLookup(0, n_items, n_genres)
         self.lookup.load(data.contexts)
-        self.features = torch.as_tensor(data.item_features)  # (n_items, F)
+        self.register_buffer("features", torch.as_tensor(data.item_features), persistent=False)  # (n_items, F)
         self.n_context, self.length, self.alpha = min(int(m.context_items), n_items), int(m.history_length), float(m.mean_shrinkage)
         self.l2 = float(m.l2)
         self.feature_layer = nn.Linear(self.features.shape[1], int(m.feature_dim))
@@ -152,14 +153,14 @@ class BareTwoTower(nn.Module):
         self.columns = RATINGS + ("rows",) if self.kind == "MSELoss" else ("users", "items", "rows")
         self.scale, self.cosine = float(loss.get("scale", 1.0)), loss.get("similarity", "dot") == "cosine"
         share = torch.bincount(train["items"], minlength=n_items).double() / len(train["items"])
-        self.log1m_p = torch.log1p(-share.clamp(max=1 - 1e-7)).float()  # log(1 - p_c)
+        self.register_buffer("log1m_p", torch.log1p(-share.clamp(max=1 - 1e-7)).float(), persistent=False)  # log(1 - p_c)
 
     def users(self, users: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lookup, ends = self.lookup, self.lookup.flat_of_row[rows]
         count, rating_sum, genre_sum, genre_count = lookup.sums(users, ends)
         mean = (rating_sum + self.alpha * lookup.global_mean) / (count + self.alpha)
         index, rating, bag = lookup.context_bag(users, ends)
-        x_ctx = torch.zeros(len(users), self.n_context)
+        x_ctx = torch.zeros(len(users), self.n_context, device=users.device)
         x_ctx[bag, index] = rating - mean[bag]
         x_genre = torch.where(genre_count > 0, genre_sum / genre_count.clamp(min=1) - mean[:, None], 0.0)
         items, mask = lookup.recent_positives(users, ends, self.length)
@@ -205,7 +206,7 @@ class BareSiamese(nn.Module):
         bags = np.full((n_items, max(int(lengths.max(initial=0)), 1)), n_descriptors, dtype=np.int64)
         bags[np.repeat(np.arange(n_items), lengths), np.arange(len(descriptors.indices)) - np.repeat(
             descriptors.indptr[:-1], lengths)] = descriptors.indices  # fmt: skip
-        self.bags = torch.as_tensor(bags)  # (n_items, longest bag), padded with the zero row
+        self.register_buffer("bags", torch.as_tensor(bags), persistent=False)  # (n_items, longest bag), zero-row padded
         widths = [int(w) for w in m.hidden] + [int(m.out_dim)]
         self.first = nn.EmbeddingBag(n_descriptors + 1, widths[0], mode="sum", padding_idx=n_descriptors)
         nn.init.normal_(self.first.weight, std=max(n_descriptors, 1) ** -0.5)

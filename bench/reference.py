@@ -50,6 +50,7 @@ def validation_ndcg(model, dm) -> float:
     with torch.no_grad():
         for batch in dm.val_dataloader():
             model._eval_step(batch, model.val_ranking, model.val_rating)
+    model._release_score_block()
     value = float(model.val_ranking.compute()["ndcg@10"])
     model.val_ranking.reset()
     return value

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -146,8 +147,9 @@ FAMILIES = tuple(name for name, (_, loss) in family_presets().items()
 
 def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: Path) -> tuple[float, float, int]:
     """Both sides over the same datamodule, alternated in rounds so a slow spell of the machine hits both alike,
-    each side ``seconds / rounds`` per round; prints the ratio and returns (recarena's samples/s, the bare loop's,
-    the rows of an epoch)."""
+    each side ``seconds / rounds`` per round; prints the ratio of the mean rates and the median of the rounds' own
+    ratios (each round is a pair measured back to back, so a slow spell that hits one side of one round moves the
+    median less) and returns (recarena's samples/s, the bare loop's, the rows of an epoch)."""
     cfg = config(overrides, out)
     dm = datamodule(cfg)
     bare_rates, our_rates = [], []
@@ -156,9 +158,11 @@ def compare(label: str, overrides: list[str], seconds: float, rounds: int, out: 
         bare_rates.append(rate)
         our_rates.append(recarena_side(cfg, dm, seconds / rounds, out))
     bare, ours = sum(bare_rates) / rounds, sum(our_rates) / rounds
-    per_round = ", ".join(f"{o / b:.3f}" for o, b in zip(our_rates, bare_rates, strict=True))
+    round_ratios = [o / b for o, b in zip(our_rates, bare_rates, strict=True)]
+    per_round = ", ".join(f"{r:.3f}" for r in round_ratios)
     print(f"{label:<28} {kind:<11} {bare:>11,.0f} samples/s | recarena {ours:>11,.0f} samples/s | "
-          f"ratio {ours / bare:.3f} (per round: {per_round})", flush=True)
+          f"ratio {ours / bare:.3f}, median of rounds {statistics.median(round_ratios):.3f} (per round: {per_round})",
+          flush=True)  # fmt: skip
     return ours, bare, dm.n_train
 
 

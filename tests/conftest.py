@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from recarena.models.base import RecommenderModule
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``make test`` runs ``pytest -n auto``) each worker takes its share of the cores, for its
     own torch and for the train.py processes its tests start (``OMP_NUM_THREADS``, which ``threads: auto``
@@ -27,9 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     several times slower (README "Threads")."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        share = max(threads.available_cores() // workers, 1)
-        os.environ["OMP_NUM_THREADS"] = str(share)
-        threads.use_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(threads.available_cores() // workers, 1)))  # the user's wins
+        threads.use_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 #: The user's real data cache, read before any fixture points RECARENA_DATA at a temporary one.

@@ -86,7 +86,10 @@ def test_a_missing_launcher_plugin_names_the_extra(name: str, monkeypatch: pytes
     check_launcher_plugin(["hydra/launcher=basic"])  # Hydra's own launcher needs nothing
 
 
-def _sweep(tmp_path: Path, data_cache: Path, launcher: list[str]) -> tuple[Path, list[dict]]:
+def _sweep(tmp_path: Path, data_cache: Path, launcher: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
+    """The sweep with the launcher, ``threads: auto`` read from the launcher alone (an ``OMP_NUM_THREADS`` would win
+    over it: a pytest-xdist worker sets one)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     sweep = tmp_path / "sweep"
     proc = _run_train(["-m", "model=mf,popularity", *launcher, *TINY_DATA, *QUIET, f"hydra.sweep.dir={sweep}"],
                       tmp_path, {"RECARENA_DATA": str(data_cache)})  # fmt: skip
@@ -98,19 +101,20 @@ def _sweep(tmp_path: Path, data_cache: Path, launcher: list[str]) -> tuple[Path,
     return sweep, runs
 
 
-def test_joblib_runs_two_jobs_at_once_with_one_thread_each(tmp_path: Path, data_cache: Path) -> None:
-    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "threads=1"])
+def test_joblib_runs_two_jobs_at_once_with_one_thread_each(tmp_path: Path, data_cache: Path, monkeypatch) -> None:
+    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "threads=1"],
+                     monkeypatch)  # fmt: skip
     assert [r["threads"] for r in runs] == [1, 1]
 
 
 def test_joblib_auto_threads_are_each_jobs_share(tmp_path: Path, data_cache: Path, monkeypatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # it would win over auto (a pytest-xdist worker sets it)
-    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    _, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], monkeypatch)
     assert [r["threads"] for r in runs] == [max(threads.available_cores() // 2, 1)] * 2
 
 
-def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path: Path, data_cache: Path) -> None:
+def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path: Path, data_cache: Path, monkeypatch) -> None:
     """The same code path as submitit_slurm (submitit pickles each job and runs it in its own process)."""
-    sweep, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"])
+    sweep, runs = _sweep(tmp_path, data_cache, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+                         monkeypatch)  # fmt: skip
     assert [r["threads"] for r in runs] == [1, 1]  # no cpus_per_task: jobs start together, one thread each
     assert list((sweep / ".submitit").iterdir())  # submitit's own job files

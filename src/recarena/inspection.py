@@ -96,6 +96,7 @@ def evaluate(
         for batch in data.batches(int(settings.user_chunk)):
             # The step validation and test run in training: score_all -> ranking, predict_ratings -> rating.
             model._eval_step({key: value.to(model.device) for key, value in batch.items()}, ranking, rating)
+    model._release_score_block()
     values = ranking.compute()
     if model.predicts_ratings and rating.update_count:
         values.update(rating.compute())

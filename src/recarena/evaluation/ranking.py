@@ -28,7 +28,8 @@ def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
     The evaluator hands every chunk's ``score_all`` the same float32 block: a fresh ``(B, n_items)`` result is a
     new allocation of up to 256 MiB per chunk, which on CPU the allocator maps from the OS and faults in page by
     page (at ML-25M's 62,423 items, 2 threads: 39 s of matmul per 160k users fresh, 21 s into one reused block).
-    An ``out=`` product is outside autocast, so the scores stay float32 (no bf16 ties) under ``bf16-mixed``.
+    An ``out=`` product is outside autocast, so this last product is float32 under ``bf16-mixed`` too. Evaluation
+    only: an ``out=`` op takes no gradient (the evaluator runs under ``no_grad``).
     """
     if out is None:
         return a @ b
@@ -139,8 +140,8 @@ def topk_items(
     learned model that is a handful of rows, and the (B, n_items) int64 key tensor -- the cost of the exact
     method at ML-25M scale -- is built only for them.
 
-    ``overwrite=True``: ``scores`` is float32 scratch the caller gives up (the evaluator's fresh ``score_all``
-    output); excluded items are written into it as -inf instead of into a copy, which saves a pass over the chunk
+    ``overwrite=True``: ``scores`` is float32 scratch the caller gives up (the evaluator's scores block, which
+    ``score_all`` wrote); excluded items are written into it as -inf instead of into a copy, which saves a pass over the chunk
     (and, for a freshly allocated copy, its page faults).
     """
     _check_topk_args(scores, exclude, k)

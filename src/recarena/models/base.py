@@ -292,14 +292,21 @@ class RecommenderModule(L.LightningModule):
 
     def _score_block(self, rows: int) -> torch.Tensor:
         """``(rows, n_items)`` float32 scores block, allocated by the first chunk of an evaluation and reused by the
-        next ones (released at its end, so training does not hold it)."""
+        next ones (float32 whatever a precision plugin makes the default dtype: the evaluator's ``overwrite`` path
+        writes into float32 scores only)."""
         block = self._scores
         if block is None or len(block) < rows or block.device != self.device:
-            block = self._scores = torch.empty(rows, self.schema.n_items, device=self.device)
+            block = self._scores = torch.empty(rows, self.schema.n_items, dtype=torch.float32, device=self.device)
         return block[:rows]
 
-    def _eval_epoch_end(self, prefix: str, ranking: RankingMetrics, rating: RatingMetrics) -> None:
+    def _release_score_block(self) -> None:
+        """Drop the scores block at an evaluation's start and end (Lightning's epoch hooks; a hand loop over
+        ``_eval_step`` calls it after), so training never holds it and no evaluation writes into one that another
+        made under inference mode."""
         self._scores = None
+
+    def _eval_epoch_end(self, prefix: str, ranking: RankingMetrics, rating: RatingMetrics) -> None:
+        self._release_score_block()
         values = {f"{prefix}/{k}": v for k, v in ranking.compute().items()}
         if self.predicts_ratings and rating.update_count:
             values.update({f"{prefix}/{k}": v for k, v in rating.compute().items()})
@@ -312,11 +319,17 @@ class RecommenderModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_ranking, self.val_rating)
 
+    def on_validation_epoch_start(self) -> None:
+        self._release_score_block()
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val", self.val_ranking, self.val_rating)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_ranking, self.test_rating)
+
+    def on_test_epoch_start(self) -> None:
+        self._release_score_block()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test", self.test_ranking, self.test_rating)

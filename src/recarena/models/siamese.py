@@ -381,6 +381,7 @@ class Siamese(RecommenderModule):
         self.log_dict(values, rank_zero_only=False)
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self._cache_items()
 
     def on_validation_epoch_end(self) -> None:
@@ -388,6 +389,7 @@ class Siamese(RecommenderModule):
         self._log_auc("val")
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._cache_items()
 
     def on_test_epoch_end(self) -> None:
