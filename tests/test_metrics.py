@@ -17,7 +17,7 @@ from torchmetrics.retrieval import (
 
 from recarena.data.heldout import EvalData
 from recarena.evaluation.metrics import RankingMetrics, RatingMetrics, head_mask
-from recarena.evaluation.ranking import NO_ITEM, dense_masks, seeded_tie_rank, topk_items
+from recarena.evaluation.ranking import NO_ITEM, dense_masks, matmul_into, seeded_tie_rank, topk_items
 
 L3 = 1 / math.log2(3)  # discount of rank 2: 1/log2(2+1)
 L4 = 1 / math.log2(4)  # discount of rank 3: 0.5
@@ -438,3 +438,18 @@ def test_fast_topk_matches_exact_keys(seed: int) -> None:
         assert torch.equal(topk_items(scratch, pairs, k, tie_rank, overwrite=True), tied)
         assert torch.isneginf(scratch[exclude]).all()  # written in place, and only where excluded
         assert torch.equal(scratch[~exclude].nan_to_num(), scores[~exclude].nan_to_num())
+
+
+def test_matmul_into_writes_float32_scores_into_the_block_even_under_bf16_autocast() -> None:
+    """The evaluator's scores block: ``matmul_into`` fills the given float32 block (a view of a larger one, as the
+    last chunk's is) and returns it; under bf16 autocast the plain product would be bfloat16 (ties), the block's
+    is the float32 product of the inputs it was given."""
+    torch.manual_seed(0)
+    users, items = torch.randn(5, 8), torch.randn(7, 8)
+    block = torch.full((9, 7), float("nan"))[:5]
+    assert torch.equal(matmul_into(users, items.T), users @ items.T)  # no block: a fresh product
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (users @ items.T).dtype == torch.bfloat16
+        written = matmul_into(users.bfloat16(), items.T, block)
+    assert written.data_ptr() == block.data_ptr() and written.dtype == torch.float32
+    torch.testing.assert_close(written, users.bfloat16().float() @ items.T)
