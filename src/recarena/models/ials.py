@@ -87,7 +87,6 @@ def solve_rows(
     """
     dim = other.shape[1]
     gram = unobserved * (other.T @ other)  # (dim, dim) α0 HᵀH, shared by every row
-    eye = torch.eye(dim, device=other.device, dtype=other.dtype)
     out = torch.empty(len(l2), dim, device=other.device, dtype=other.dtype)
     counts = matrix.counts
     for batch in batches:
@@ -97,13 +96,15 @@ def solve_rows(
         present = slot[None, :] < counts[rows][:, None]  # (R, L)
         position = (matrix.indptr[rows][:, None] + slot[None, :]).clamp(max=max(len(matrix.index) - 1, 0))
         if len(matrix.index):
-            vectors = other[matrix.index[position]] * present[..., None]  # (R, L, dim), zero padding
+            vectors = other[matrix.index[position]].mul_(present[..., None])  # (R, L, dim), zero padding
             conf = matrix.values[position] * present  # (R, L)
             a = quad[position] * present
         else:
             vectors = torch.zeros(len(rows), length, dim, device=other.device, dtype=other.dtype)
             conf = a = torch.zeros(len(rows), length, device=other.device, dtype=other.dtype)
-        lhs = torch.bmm(vectors.transpose(1, 2) * a[:, None, :], vectors) + gram + l2[rows, None, None] * eye
+        # A batch's systems are up to MAX_BATCH_FLOATS each: built in place, as a fresh block per term page-faults.
+        lhs = torch.bmm(vectors.transpose(1, 2) * a[:, None, :], vectors).add_(gram)
+        lhs.diagonal(dim1=1, dim2=2).add_(l2[rows, None])  # + λ_r I
         rhs = torch.bmm(vectors.transpose(1, 2), conf[..., None])  # (R, dim, 1)
         factor, _ = torch.linalg.cholesky_ex(lhs)  # lhs is symmetric positive definite (λ_r > 0)
         out[rows] = torch.cholesky_solve(rhs, factor).squeeze(-1)
