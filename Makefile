@@ -50,9 +50,10 @@ test: install-test data lint ## install test extras, fill the data cache, lint, 
 test-fast: install-test ## the suite without slow tests
 	$(VENV)/bin/pytest -q -n auto -m "not slow" $(PYTEST_ARGS)
 
-bench: install ## throughput, ranking, scale, inference, reference and compile benchmarks (minutes)
+bench: install ## throughput, ranking, optimizer, scale, inference, reference and compile benchmarks (minutes)
 	$(PY) bench/throughput.py
 	$(PY) bench/ranking.py
+	$(PY) bench/optimizers.py
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py
 	$(PY) bench/reference.py

@@ -5,15 +5,99 @@ and written, the "lazy Adam" of ``torch.optim.SparseAdam``) and every other para
 has no single optimiser for the mix (``Adam`` refuses sparse gradients, ``SparseAdam`` refuses dense ones), and
 Lightning's automatic optimisation wants one optimiser, so this class owns one of each and presents their
 parameter groups as its own: LR schedulers and Lightning see a normal ``torch.optim.Optimizer``.
+
+The lazy Adam itself is :class:`RowwiseAdam` by default: SparseAdam's update, row for row, written as one pass
+over the touched rows (``bench/optimizers.py`` measures the two side by side).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+class RowwiseAdam(torch.optim.Optimizer):
+    """Lazy Adam for embedding tables with sparse gradients: ``torch.optim.SparseAdam``'s update (Kingma & Ba
+    2015, applied only to the rows a batch touches, with one step count per table for the bias correction),
+    computed as a single pass over those rows.
+
+    SparseAdam coalesces each gradient, then reads and writes both moments and the weights through sparse masks
+    and sparse additions, a dozen passes over the touched rows plus a sort. Here the touched rows are found once
+    (``torch.unique``), their gradient summed with ``index_add_``, their moments gathered, updated in the same
+    order of operations as SparseAdam and written back, and the weights moved with one ``index_add_``. The
+    result equals SparseAdam's to float rounding (duplicates of a row may be summed in another order on a GPU)
+    and the state has SparseAdam's layout, so a checkpoint of either loads into the other.
+
+    Args:
+        params: the tables (dense parameters that receive sparse gradients).
+        lr, betas, eps, maximize: as in ``torch.optim.SparseAdam``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        maximize: bool = False,
+    ) -> None:
+        if not lr > 0.0 or not eps > 0.0 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"RowwiseAdam needs lr > 0, eps > 0 and 0 <= betas < 1; got {lr}, {eps}, {betas}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "maximize": maximize})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("RowwiseAdam needs sparse gradients (nn.Embedding(sparse=True)); use Adam")
+                state = self.state[param]
+                if not state:  # SparseAdam's state layout
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                rowwise_adam_update(param, param.grad, state, group)
+        return loss
+
+
+def closure_loss(closure: Any) -> Any:
+    """What ``step(closure)`` returns in torch.optim: the closure's loss, computed with gradients enabled."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def rowwise_adam_update(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One lazy Adam step of ``param`` on the rows its sparse ``grad`` touches, as SparseAdam computes it:
+    m ← m + (1-β1)(g - m), v ← v + (1-β2)(g² - v), w ← w - lr·√(1-β2^t)/(1-β1^t) · m / (√v + ε)."""
+    beta1, beta2 = group["betas"]
+    values = -grad._values() if group["maximize"] else grad._values()
+    if values.numel() == 0:
+        return
+    # The touched rows, and each row's entries summed in the order SparseAdam's coalesce() sums them (the order
+    # of an index sort), so that the two agree to the last bit on the CPU.
+    index, order = grad._indices()[0].sort()
+    rows, counts = torch.unique_consecutive(index, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+    g = values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, slot, values.index_select(0, order))
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    m_old, v_old = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+    m = g.sub(m_old).mul_(1 - beta1).add_(m_old)
+    v = g.pow_(2).sub_(v_old).mul_(1 - beta2).add_(v_old)
+    exp_avg.index_copy_(0, rows, m)
+    exp_avg_sq.index_copy_(0, rows, v)
+    step = state["step"]
+    step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    param.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])).mul_(-step_size))
 
 
 class SparseDenseAdam(torch.optim.Optimizer):
@@ -27,6 +111,8 @@ class SparseDenseAdam(torch.optim.Optimizer):
         lr, betas, eps: as in Adam.
         weight_decay: decoupled decay of the dense parameters only (decay of every embedding row on every step
             is what sparse updates avoid; regularise embeddings with the family's ``l2`` instead).
+        fused: the tables' lazy Adam is :class:`RowwiseAdam` (True) or ``torch.optim.SparseAdam`` (False): the
+            same update to float rounding.
     """
 
     #: Tells families to build their embedding tables with ``sparse=True``.
@@ -40,6 +126,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         sparse_params: Iterable[nn.Parameter] | None = None,
+        fused: bool = True,
     ) -> None:
         params = list(params)
         sparse_ids = {id(p) for p in (sparse_params or [])}
@@ -48,7 +135,8 @@ class SparseDenseAdam(torch.optim.Optimizer):
         betas = tuple(betas)
         self._parts: list[torch.optim.Optimizer] = []
         if sparse:
-            self._parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps))
+            lazy_adam = RowwiseAdam if fused else torch.optim.SparseAdam
+            self._parts.append(lazy_adam(sparse, lr=lr, betas=betas, eps=eps))
         if dense:
             self._parts.append(torch.optim.AdamW(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         if not self._parts:
@@ -71,10 +159,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self._parts:
             part.step()
         return loss
