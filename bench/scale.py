@@ -151,7 +151,7 @@ def bare_evaluation(model, dm, threshold: float) -> tuple[float, int]:
     return time.perf_counter() - started, hits
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-ratings", type=int, default=25_000_000)
     parser.add_argument("--n-users", type=int, default=160_000)
@@ -165,61 +165,82 @@ def main() -> None:
     parser.add_argument("--mlp-eval", type=int, default=0, metavar="USERS",
                         help="also time model=mlp's test evaluation on a sample of this many users (eval.max_users)")
     parser.add_argument("--mlp-eval-only", action="store_true", help="with --mlp-eval: stop after it")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_overrides(args: argparse.Namespace, cache: str) -> list[str]:
+    """One MF epoch with sparse_adam over the synthetic set, training steps only (no validation, no logger)."""
+    return [
+        "data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={args.n_users}",
+        f"data.n_items={args.n_items}", f"data.cache_dir={cache}", f"split={args.split}", "model=mf",
+        "optimizer=sparse_adam", f"batch_size={args.batch_size}", "trainer=cpu", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "~logger", "~callbacks", "+trainer.limit_val_batches=0",
+        "+trainer.enable_checkpointing=false", "verbose=false",
+    ]  # fmt: skip
+
+
+def time_loading(args: argparse.Namespace, cfg, cache: str):
+    """Generation, parsing, the cached load and the datamodule's setup; returns the set-up datamodule."""
+    timed("generate (CSV, ml-latest layout)", lambda: ensure_synthetic(
+        Path(cache) / "synthetic", args.n_users, args.n_items, args.n_ratings, with_tags=True, generator_seed=0))
+    timed("parse + cache", lambda: load_corpus(cfg.data))
+    corpus = timed("cached load", lambda: load_corpus(cfg.data))
+    print(f"  corpus: {corpus.n_users:,} users, {corpus.n_items:,} items, {corpus.n_ratings:,} ratings")
+    del corpus
+    dm = build_datamodule(cfg, "pairs")
+    timed("curate + split + views (first run)", lambda: dm.setup("fit"))
+    timed("curate + split + views (cached)", lambda: build_datamodule(cfg, "pairs").setup("fit"))
+    return dm
+
+
+def time_other_families(args: argparse.Namespace, dm, overrides: list[str], cache: str) -> bool:
+    """The optional two-tower, mining and MLP-evaluation timings; True when an ``--*-only`` flag ends the run."""
+    phases = (
+        (args.twotower, args.twotower_only, lambda: time_twotower(dm, args.batch_size)),
+        (args.mining, args.mining_only, lambda: time_mining(dm)),
+        (args.mlp_eval, args.mlp_eval_only, lambda: time_mlp_eval(overrides, Path(cache) / "run", args.mlp_eval)),
+    )
+    for wanted, only, phase in phases:
+        if wanted:
+            phase()
+            if only:
+                return True
+    return False
+
+
+def time_mf_and_evaluation(cfg, dm, cache: str) -> None:
+    """One MF epoch and the full-catalogue test evaluation, each beside its bare loop."""
+    changed, total = rows_updated_by_one_step(cfg, dm)
+    print(f"one sparse_adam step (batch {cfg.batch_size}) updated {changed:,} of {total:,} item rows")
+    model = build_model(cfg, dm)
+    timer = EpochTimer()
+    trainer = build_trainer(cfg, Path(cache) / "run", timer)
+    timed("one MF epoch (fit, no validation)", lambda: trainer.fit(model, datamodule=dm))
+    print(f"  training only: {timer.train_seconds:.2f} s, {timer.samples_per_second(dm.n_train):,.0f} samples/s")
+    bare = bare_mf_epoch(cfg, dm)
+    print(f"  the same MF maths as a bare loop (SparseAdam): {bare:.2f} s, recarena at "
+          f"{bare / timer.train_seconds:.2f}x of it", flush=True)
+    started = time.perf_counter()
+    result = timed("full-catalogue test evaluation", lambda: trainer.test(model, datamodule=dm, verbose=False))
+    ours = time.perf_counter() - started
+    bare, hits = bare_evaluation(model, dm, float(cfg.eval.relevance_threshold))
+    print(f"  test users scored: {dm.test_data.n_users_eval:,}; ndcg@10 {result[0].get('test/ndcg@10', float('nan')):.4f}")
+    print(f"  a bare matmul + -inf + top-20 over the same chunks: {bare:.2f} s ({hits:,} hits; recarena "
+          f"{round(result[0]['test/precision@20'] * 20 * result[0]['test/users_ranked']):,}), recarena at "
+          f"{bare / ours:.2f}x of it")
+
+
+def main() -> None:
+    args = arguments()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners between the timed lines
     print(f"scale benchmark: {args.n_ratings:,} ratings, {args.n_users:,} users, {args.n_items:,} items; "
           f"{torch.get_num_threads()} threads")
-
     with tempfile.TemporaryDirectory() as cache:
-        overrides = [
-            "data=synthetic", f"data.n_ratings={args.n_ratings}", f"data.n_users={args.n_users}",
-            f"data.n_items={args.n_items}", f"data.cache_dir={cache}", f"split={args.split}", "model=mf",
-            "optimizer=sparse_adam", f"batch_size={args.batch_size}", "trainer=cpu", "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false", "~logger", "~callbacks", "+trainer.limit_val_batches=0",
-            "+trainer.enable_checkpointing=false", "verbose=false",
-        ]
+        overrides = run_overrides(args, cache)
         cfg = compose(*overrides, output_dir=Path(cache) / "run")
-        timed("generate (CSV, ml-latest layout)", lambda: ensure_synthetic(
-            Path(cache) / "synthetic", args.n_users, args.n_items, args.n_ratings, with_tags=True, generator_seed=0))
-        timed("parse + cache", lambda: load_corpus(cfg.data))
-        corpus = timed("cached load", lambda: load_corpus(cfg.data))
-        print(f"  corpus: {corpus.n_users:,} users, {corpus.n_items:,} items, {corpus.n_ratings:,} ratings")
-        del corpus
-        dm = build_datamodule(cfg, "pairs")
-        timed("curate + split + views (first run)", lambda: dm.setup("fit"))
-        timed("curate + split + views (cached)", lambda: build_datamodule(cfg, "pairs").setup("fit"))
-        if args.twotower:
-            time_twotower(dm, args.batch_size)
-            if args.twotower_only:
-                return
-        if args.mining:
-            time_mining(dm)
-            if args.mining_only:
-                return
-        if args.mlp_eval:
-            time_mlp_eval(overrides, Path(cache) / "run", args.mlp_eval)
-            if args.mlp_eval_only:
-                return
-
-        changed, total = rows_updated_by_one_step(cfg, dm)
-        print(f"one sparse_adam step (batch {args.batch_size}) updated {changed:,} of {total:,} item rows")
-
-        model = build_model(cfg, dm)
-        timer = EpochTimer()
-        trainer = build_trainer(cfg, Path(cache) / "run", timer)
-        timed("one MF epoch (fit, no validation)", lambda: trainer.fit(model, datamodule=dm))
-        print(f"  training only: {timer.train_seconds:.2f} s, {timer.samples_per_second(dm.n_train):,.0f} samples/s")
-        bare = bare_mf_epoch(cfg, dm)
-        print(f"  the same MF maths as a bare loop (SparseAdam): {bare:.2f} s, recarena at "
-              f"{bare / timer.train_seconds:.2f}x of it", flush=True)
-        started = time.perf_counter()
-        result = timed("full-catalogue test evaluation", lambda: trainer.test(model, datamodule=dm, verbose=False))
-        ours = time.perf_counter() - started
-        bare, hits = bare_evaluation(model, dm, float(cfg.eval.relevance_threshold))
-        print(f"  test users scored: {dm.test_data.n_users_eval:,}; ndcg@10 {result[0].get('test/ndcg@10', float('nan')):.4f}")
-        print(f"  a bare matmul + -inf + top-20 over the same chunks: {bare:.2f} s ({hits:,} hits; recarena "
-              f"{round(result[0]['test/precision@20'] * 20 * result[0]['test/users_ranked']):,}), recarena at "
-              f"{bare / ours:.2f}x of it")
+        dm = time_loading(args, cfg, cache)
+        if not time_other_families(args, dm, overrides, cache):
+            time_mf_and_evaluation(cfg, dm, cache)
     print(f"peak RSS: {peak_rss_gb():.2f} GB")
 
 
