@@ -78,6 +78,8 @@ def test_best_epoch_is_the_best_checkpoints_one_based_and_not_logged_twice(make_
         (["data.device_resident=maybe"], r"data.device_resident must be auto, true or false"),
         (["compile=fast"], r"compile must be false, true, default, reduce-overhead, max-autotune, max-autotune-no"),
         (["optimizer.lr=-1"], r"optimizer.lr must be a positive number, got optimizer.lr=-1"),
+        (["optimizer=sparse_adam", "optimizer.fused=maybe"], r"optimizer.fused must be true, false or null"),
+        (["optimizer.fused=1"], r"optimizer.fused must be true, false or null \(torch's choice\), got optimizer.fused=1"),
         (["trainer.max_epochs=0"], r"trainer.max_epochs must be 1 or more \(-1: until early stopping"),
         (["loss=bpr", "eval.ks=[5,20]"], r"eval.monitor=val/ndcg@10 is not a metric this run computes \(loss=bpr, "
                                          r"eval.ks=\[5, 20\]\); it computes val/recall@5, "),

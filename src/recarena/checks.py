@@ -179,6 +179,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("batch_size", _count, "a positive integer"),
     ("minibatches_per_step", _count, "a positive integer"),
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a positive number"),
+    ("optimizer.fused", lambda v: v is None or isinstance(v, bool), "true, false or null (torch's choice)"),
     ("trainer.max_epochs", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
      "1 or more (-1: until early stopping stops it)"),
     ("data.curation.fraction", lambda v: v is None or (_number(v) and 0 < v <= 1), "a fraction in (0, 1] or null"),
