@@ -26,11 +26,12 @@ class RowwiseAdam(torch.optim.Optimizer):
     computed as a single pass over those rows.
 
     SparseAdam coalesces each gradient, then reads and writes both moments and the weights through sparse masks
-    and sparse additions, a dozen passes over the touched rows plus a sort. Here the touched rows are found once
-    (``torch.unique``), their gradient summed with ``index_add_``, their moments gathered, updated in the same
-    order of operations as SparseAdam and written back, and the weights moved with one ``index_add_``. The
-    result equals SparseAdam's to float rounding (duplicates of a row may be summed in another order on a GPU)
-    and the state has SparseAdam's layout, so a checkpoint of either loads into the other.
+    and sparse additions, a dozen passes over the touched rows plus a sort. Here one sort of the gradient's row
+    indices finds the touched rows, ``index_add_`` sums each row's entries in that sort's order (coalesce's), the
+    moments are gathered, updated in SparseAdam's order of operations and written back, and the weights move
+    with one ``index_add_``. On the CPU the result equals SparseAdam's bit for bit; on a GPU ``index_add_`` may
+    sum a row's duplicates in another order (float rounding). The state has SparseAdam's layout, so a checkpoint
+    of either loads into the other.
 
     Args:
         params: the tables (dense parameters that receive sparse gradients).
