@@ -20,3 +20,9 @@ def test_the_gpu_bench_runs_on_cpu_at_a_tiny_size() -> None:
     for row in ("MF epoch, batch 1,024", "MF epoch, batch 4,096", "MF epoch, batch 4,096, optimizer=sparse_adam",
                 "MLP epoch, batch 4,096", "twotower_logq epoch", "mlp epoch", "top-20, 600 x 300"):
         assert any(line.startswith(row) for line in lines), (row, proc.stdout)
+
+
+def test_the_gpu_session_script_refuses_an_unknown_mode_in_one_line() -> None:
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh"), "bogus"], capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip() == "usage: bash bench/gpu_session.sh fetch|run [bench/gpu.py arguments]"
