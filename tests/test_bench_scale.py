@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_scale_bench_runs_small_and_both_sides_find_the_same_hits() -> None:
     args = ["--n-ratings", "60000", "--n-users", "600", "--n-items", "300", "--batch-size", "2048"]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), *args], capture_output=True, text=True,
@@ -19,5 +22,7 @@ def test_the_scale_bench_runs_small_and_both_sides_find_the_same_hits() -> None:
     out = proc.stdout
     for line in ("cached load", "one MF epoch", "the same MF maths as a bare loop", "full-catalogue test evaluation"):
         assert line in out, (line, out)
-    bare, ours = map(lambda n: int(n.replace(",", "")), re.search(r"\(([\d,]+) hits; recarena ([\d,]+)\)", out).groups())
+    counts = re.search(r"\(([\d,]+) hits; recarena ([\d,]+)\)", out)
+    assert counts, out
+    bare, ours = (int(n.replace(",", "")) for n in counts.groups())
     assert bare == ours > 0, out

@@ -95,9 +95,29 @@ def test_a_sparse_adam_checkpoint_resumes_in_rowwise_adam() -> None:
     assert torch.equal(resumed.weight, reference.weight)
 
 
+def test_equals_sparse_adam_on_an_embedding_bag_and_counts_an_empty_gradient_s_step() -> None:
+    """An EmbeddingBag with per-sample weights and a padding row (the two-tower's bags), and a batch of padding
+    alone (a gradient with no entries: no row moves, but the step count advances, as in SparseAdam)."""
+    bags = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        bags.append(nn.EmbeddingBag(12, 4, mode="sum", sparse=True, padding_idx=0))
+    optimizers = [RowwiseAdam(bags[0].parameters(), lr=0.05), torch.optim.SparseAdam(bags[1].parameters(), lr=0.05)]
+    generator = torch.Generator().manual_seed(5)
+    batches = [torch.randint(0, 12, (6, 3), generator=generator) for _ in range(6)] + [torch.zeros(6, 3).long()]
+    for items in batches:
+        weights = torch.rand(items.shape, generator=generator)
+        for bag, optimizer in zip(bags, optimizers, strict=True):
+            optimizer.zero_grad()
+            bag(items, per_sample_weights=weights).pow(2).sum().backward()
+            optimizer.step()
+    assert torch.equal(bags[0].weight, bags[1].weight)
+    assert optimizers[0].state[bags[0].weight]["step"] == optimizers[1].state[bags[1].weight]["step"] == 7
+
+
 def test_refuses_a_dense_gradient() -> None:
     table = nn.Embedding(4, 2)  # sparse=False: a dense gradient
-    with pytest.raises(RuntimeError, match="needs sparse gradients"):
+    with pytest.raises(RuntimeError, match="needs row-sparse gradients"):
         _step(table, RowwiseAdam(table.parameters()), [0], [1.0])
 
 
@@ -123,12 +143,42 @@ def test_sparse_dense_adam_s_fused_switch_picks_the_lazy_adam_and_trains_the_sam
     assert not torch.equal(runs[True][0], _table().weight)
 
 
+@pytest.mark.parametrize(("fused", "lazy"), [("true", RowwiseAdam), ("false", torch.optim.SparseAdam),
+                                             ("null", RowwiseAdam)])  # fmt: skip
+def test_optimizer_sparse_adam_s_fused_reaches_the_optimiser(fused: str, lazy: type, make_cfg) -> None:
+    factory = instantiate(make_cfg("model=mf", "optimizer=sparse_adam", f"optimizer.fused={fused}").optimizer)
+    table = _table()
+    parts = factory([table.weight], sparse_params=[table.weight])._parts
+    assert [type(part) for part in parts] == [lazy]
+
+
+def test_a_run_s_optimiser_state_resumes_across_the_fused_switch() -> None:
+    """SparseDenseAdam's state_dict (what a Lightning checkpoint holds) saved under one setting of ``fused`` and
+    loaded under the other, both ways: training goes on as if it had never stopped."""
+    batches = [([i % 6, (5 * i) % 6, 2], [float(i % 3), -1.0, 0.5]) for i in range(8)]
+    reference = _table()
+    whole = SparseDenseAdam([reference.weight], lr=0.05, sparse_params=[reference.weight])
+    for rows, targets in batches:
+        _step(reference, whole, rows, targets)
+    for first_fused in (True, False):
+        table = _table()
+        first = SparseDenseAdam([table.weight], lr=0.05, sparse_params=[table.weight], fused=first_fused)
+        for rows, targets in batches[:4]:
+            _step(table, first, rows, targets)
+        second = SparseDenseAdam([table.weight], lr=0.05, sparse_params=[table.weight], fused=not first_fused)
+        second.load_state_dict(first.state_dict())
+        for rows, targets in batches[4:]:
+            _step(table, second, rows, targets)
+        assert torch.equal(table.weight, reference.weight), first_fused
+
+
+@pytest.mark.slow
 def test_the_optimizer_bench_runs_and_finds_the_tables_equal() -> None:
     args = ["--users", "300", "--items", "200", "--dim", "8", "--batch", "512", "--steps", "5"]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "optimizers.py"), *args], capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "speed-up:" in proc.stdout and "RowwiseAdam" in proc.stdout
+    assert "speed-up:" in proc.stdout and "tables equal after: yes" in proc.stdout
 
 
 def test_a_run_s_metrics_do_not_depend_on_the_fused_switch(make_cfg) -> None:

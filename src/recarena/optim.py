@@ -13,7 +13,7 @@ over the touched rows (``bench/optimizers.py`` measures the two side by side).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -26,15 +26,16 @@ class RowwiseAdam(torch.optim.Optimizer):
     computed as a single pass over those rows.
 
     SparseAdam coalesces each gradient, then reads and writes both moments and the weights through sparse masks
-    and sparse additions, a dozen passes over the touched rows plus a sort. Here one sort of the gradient's row
-    indices finds the touched rows, ``index_add_`` sums each row's entries in that sort's order (coalesce's), the
-    moments are gathered, updated in SparseAdam's order of operations and written back, and the weights move
-    with one ``index_add_``. On the CPU the result equals SparseAdam's bit for bit; on a GPU ``index_add_`` may
-    sum a row's duplicates in another order (float rounding). The state has SparseAdam's layout, so a checkpoint
-    of either loads into the other.
+    and sparse additions, a dozen passes over the touched rows. Here the touched rows and their summed gradient
+    come from :func:`touched_rows`, the moments are gathered, updated in SparseAdam's order of operations and
+    written back, and the weights move with one ``index_add_``: the same tables as SparseAdam's, bit for bit, on
+    the CPU (tests/test_optim.py), and on a GPU by the same ``coalesce()`` and order of operations (what
+    ``bench/optimizers.py --device cuda`` checks). The state has SparseAdam's layout, so a checkpoint of either
+    loads into the other.
 
     Args:
-        params: the tables (dense parameters that receive sparse gradients).
+        params: the tables (dense parameters that receive row-sparse gradients: ``nn.Embedding`` or
+            ``nn.EmbeddingBag`` built with ``sparse=True``).
         lr, betas, eps, maximize: as in ``torch.optim.SparseAdam``.
     """
 
@@ -49,27 +50,31 @@ class RowwiseAdam(torch.optim.Optimizer):
         if not lr > 0.0 or not eps > 0.0 or not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"RowwiseAdam needs lr > 0, eps > 0 and 0 <= betas < 1; got {lr}, {eps}, {betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "maximize": maximize})
+        if any(p.is_sparse or p.is_complex() for group in self.param_groups for p in group["params"]):
+            raise ValueError("RowwiseAdam updates dense real tables (their gradients are the sparse ones)")
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         loss = closure_loss(closure)
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("RowwiseAdam needs sparse gradients (nn.Embedding(sparse=True)); use Adam")
+                if not param.grad.is_sparse or param.grad.sparse_dim() != 1:
+                    raise RuntimeError("RowwiseAdam needs row-sparse gradients (nn.Embedding or nn.EmbeddingBag "
+                                       "with sparse=True); use Adam for dense ones")  # fmt: skip
                 state = self.state[param]
                 if not state:  # SparseAdam's state layout
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
-                rowwise_adam_update(param, param.grad, state, group)
+                if param.grad._nnz():
+                    rowwise_adam_update(param, param.grad, state, group)
         return loss
 
 
-def closure_loss(closure: Any) -> Any:
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
     """What ``step(closure)`` returns in torch.optim: the closure's loss, computed with gradients enabled."""
     if closure is None:
         return None
@@ -77,23 +82,33 @@ def closure_loss(closure: Any) -> Any:
         return closure()
 
 
+def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a row-sparse gradient touches (ascending) and each one's summed gradient, summed as SparseAdam's
+    ``coalesce()`` sums them, so that the two optimisers agree to the last bit.
+
+    On the CPU: one sort of the row indices, then ``index_add_`` in that sort's order, which is coalesce's own
+    order at a fraction of its cost. Elsewhere ``coalesce()`` itself: a GPU's ``index_add_`` sums with atomics in
+    no fixed order, and runs with the same seed would not repeat."""
+    if grad.device.type != "cpu":
+        coalesced = grad.coalesce()
+        return coalesced._indices()[0], coalesced._values()
+    index, order = grad._indices()[0].sort()
+    rows, slot = torch.unique_consecutive(index, return_inverse=True)
+    values = grad._values()
+    return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, slot, values.index_select(0, order))
+
+
 def rowwise_adam_update(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One lazy Adam step of ``param`` on the rows its sparse ``grad`` touches, as SparseAdam computes it:
     m ← m + (1-β1)(g - m), v ← v + (1-β2)(g² - v), w ← w - lr·√(1-β2^t)/(1-β1^t) · m / (√v + ε)."""
     beta1, beta2 = group["betas"]
-    values = -grad._values() if group["maximize"] else grad._values()
-    if values.numel() == 0:
-        return
-    # The touched rows, and each row's entries summed in the order SparseAdam's coalesce() sums them (the order
-    # of an index sort), so that the two agree to the last bit on the CPU.
-    index, order = grad._indices()[0].sort()
-    rows, counts = torch.unique_consecutive(index, return_counts=True)
-    slot = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
-    g = values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, slot, values.index_select(0, order))
+    rows, g = touched_rows(grad)
+    if group.get("maximize", False):
+        g = -g  # exact: negating before or after the sum gives the same floats
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     m_old, v_old = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     m = g.sub(m_old).mul_(1 - beta1).add_(m_old)
-    v = g.pow_(2).sub_(v_old).mul_(1 - beta2).add_(v_old)
+    v = g.pow(2).sub_(v_old).mul_(1 - beta2).add_(v_old)
     exp_avg.index_copy_(0, rows, m)
     exp_avg_sq.index_copy_(0, rows, v)
     step = state["step"]
@@ -112,8 +127,9 @@ class SparseDenseAdam(torch.optim.Optimizer):
         lr, betas, eps: as in Adam.
         weight_decay: decoupled decay of the dense parameters only (decay of every embedding row on every step
             is what sparse updates avoid; regularise embeddings with the family's ``l2`` instead).
-        fused: the tables' lazy Adam is :class:`RowwiseAdam` (True) or ``torch.optim.SparseAdam`` (False): the
-            same update to float rounding.
+        fused: the tables' lazy Adam is :class:`RowwiseAdam` (True, or None: the default) or
+            ``torch.optim.SparseAdam`` (False); the same tables either way. The dense parameters' AdamW is
+            torch's default implementation in both.
     """
 
     #: Tells families to build their embedding tables with ``sparse=True``.
@@ -127,7 +143,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         sparse_params: Iterable[nn.Parameter] | None = None,
-        fused: bool = True,
+        fused: bool | None = True,
     ) -> None:
         params = list(params)
         sparse_ids = {id(p) for p in (sparse_params or [])}
@@ -136,7 +152,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
         betas = tuple(betas)
         self._parts: list[torch.optim.Optimizer] = []
         if sparse:
-            lazy_adam = RowwiseAdam if fused else torch.optim.SparseAdam
+            lazy_adam = torch.optim.SparseAdam if fused is False else RowwiseAdam
             self._parts.append(lazy_adam(sparse, lr=lr, betas=betas, eps=eps))
         if dense:
             self._parts.append(torch.optim.AdamW(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -159,7 +175,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
         pass
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         loss = closure_loss(closure)
         for part in self._parts:
             part.step()
