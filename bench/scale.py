@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from recarena import paths
 from recarena.build import (
@@ -32,6 +32,7 @@ from recarena.build import (
     build_trainer,
     compose,
 )
+from recarena.data.datamodule import MovieLensDataModule
 from recarena.data.sources import load_corpus
 from recarena.data.synthetic import ensure_synthetic
 from recarena.models.layers import rating_range
@@ -54,7 +55,7 @@ def timed(label: str, fn):
     return value
 
 
-def rows_updated_by_one_step(cfg, dm) -> tuple[int, int]:
+def rows_updated_by_one_step(cfg: DictConfig, dm: MovieLensDataModule) -> tuple[int, int]:
     """Train one mini-batch and count the item-factor rows that changed (sparse updates touch only the batch's)."""
     model = build_model(cfg, dm)
     trainer = build_trainer(cfg, Path(tempfile.mkdtemp()), EpochTimer())
@@ -68,7 +69,7 @@ def rows_updated_by_one_step(cfg, dm) -> tuple[int, int]:
     return int(changed.sum()), len(changed)
 
 
-def time_mining(dm) -> None:
+def time_mining(dm: MovieLensDataModule) -> None:
     """model=siamese's descriptors, co-likes and triplet mining (its defaults) on the training part of the split."""
     from recarena.data.triplets import MiningOptions, item_descriptors, liked_by, mine_triplets
 
@@ -80,7 +81,7 @@ def time_mining(dm) -> None:
     print(f"  {x.shape[0]:,} items, {x.shape[1]:,} descriptors, {liked.nnz:,} likes, {len(triplets):,} triplets")
 
 
-def time_twotower(dm, batch_size: int) -> None:
+def time_twotower(dm: MovieLensDataModule, batch_size: int) -> None:
     """model=twotower's time-ordered context tables (its defaults) and one training step on a batch."""
     import numpy as np
 
@@ -116,7 +117,7 @@ def time_mlp_eval(overrides: list[str], out: Path, max_users: int) -> None:
     print(f"  {scored:,} of {everyone:,} test users scored against all {dm.schema.n_items:,} items")
 
 
-def bare_mf_epoch(cfg, dm) -> float:
+def bare_mf_epoch(cfg: DictConfig, dm: MovieLensDataModule) -> float:
     """Seconds of one epoch of the same MF maths as a bare loop (:class:`bench.bare.BareMF` with sparse
     embedding gradients and torch's SparseAdam, as ``optimizer=sparse_adam`` updates MF) over the same view."""
     m = cfg.model
@@ -134,7 +135,7 @@ def bare_mf_epoch(cfg, dm) -> float:
     return time.perf_counter() - started
 
 
-def bare_evaluation(model, dm, threshold: float) -> tuple[float, int]:
+def bare_evaluation(model: torch.nn.Module, dm: MovieLensDataModule, threshold: float) -> tuple[float, int]:
     """Seconds of the least a full-catalogue top-20 evaluation of the same test users does, and its hits: per chunk
     of the evaluator's own batches, the model's user vectors times every item vector, -inf on the seen items,
     topk, relevant held-out items (rated >= ``threshold``) in it."""
@@ -179,7 +180,7 @@ def run_overrides(args: argparse.Namespace, cache: str) -> list[str]:
     ]  # fmt: skip
 
 
-def time_loading(args: argparse.Namespace, cfg, cache: str):
+def time_loading(args: argparse.Namespace, cfg: DictConfig, cache: str) -> MovieLensDataModule:
     """Generation, parsing, the cached load and the datamodule's setup; returns the set-up datamodule."""
     timed("generate (CSV, ml-latest layout)", lambda: ensure_synthetic(
         Path(cache) / "synthetic", args.n_users, args.n_items, args.n_ratings, with_tags=True, generator_seed=0))
@@ -193,7 +194,7 @@ def time_loading(args: argparse.Namespace, cfg, cache: str):
     return dm
 
 
-def time_other_families(args: argparse.Namespace, dm, overrides: list[str], cache: str) -> bool:
+def time_other_families(args: argparse.Namespace, dm: MovieLensDataModule, overrides: list[str], cache: str) -> bool:
     """The optional two-tower, mining and MLP-evaluation timings; True when an ``--*-only`` flag ends the run."""
     phases = (
         (args.twotower, args.twotower_only, lambda: time_twotower(dm, args.batch_size)),
@@ -208,7 +209,7 @@ def time_other_families(args: argparse.Namespace, dm, overrides: list[str], cach
     return False
 
 
-def time_mf_and_evaluation(cfg, dm, cache: str) -> None:
+def time_mf_and_evaluation(cfg: DictConfig, dm: MovieLensDataModule, cache: str) -> None:
     """One MF epoch and the full-catalogue test evaluation, each beside its bare loop."""
     changed, total = rows_updated_by_one_step(cfg, dm)
     print(f"one sparse_adam step (batch {cfg.batch_size}) updated {changed:,} of {total:,} item rows")
