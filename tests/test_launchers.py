@@ -51,6 +51,23 @@ def test_auto_threads_split_the_cores_among_concurrent_jobs(
     assert threads.job_threads(setting, launcher) == (setting if isinstance(setting, int) else 5)
 
 
+@pytest.mark.parametrize(
+    ("launcher", "processes", "expected"),
+    [
+        ({}, 2, 4),  # trainer=ddp trainer.devices=2 on one machine: Lightning's two processes share the 8 cores
+        ({"n_jobs": 2}, 2, 2),  # two such jobs at once
+        ({"cpus_per_task": 6}, 4, 6),  # SLURM: every process is a task with its own cores
+        ({}, 16, 1),
+    ],
+)
+def test_auto_threads_share_a_job_s_cores_among_its_ddp_processes(
+    launcher: dict, processes: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.job_threads("auto", launcher, processes) == expected
+
+
 def test_use_threads_limits_torch_and_blas() -> None:
     before = torch.get_num_threads()
     try:
@@ -130,6 +147,8 @@ def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path: Path, data_cache
         (["trainer=cpu"], (1, 1, 0)),
         (["trainer=gpu"], (1, 1, 1)),
         (["trainer=gpu", "trainer.devices=2"], (1, 2, 2)),  # Lightning runs several devices as DDP
+        (["trainer=gpu", "trainer.devices=[0,1,2]"], (1, 3, 3)),
+        (["trainer=ddp", "trainer.accelerator=gpu", "trainer.strategy=fsdp"], (1, 2, 2)),
         (["trainer=ddp", "trainer.accelerator=cpu"], (1, 2, 0)),
         (["trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),
     ],
@@ -142,10 +161,21 @@ def test_the_slurm_preset_asks_for_a_task_per_ddp_process_on_each_node(trainer: 
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == expected
 
 
-def test_the_slurm_preset_refuses_ddp_without_a_number_of_devices(tmp_path: Path) -> None:
-    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=auto"], tmp_path / "run")
-    with pytest.raises(Exception, match=r"needs trainer.devices to be the number of processes per node"):
-        _ = cfg.hydra.launcher.tasks_per_node
+@pytest.mark.parametrize(
+    ("trainer", "message"),
+    [
+        (["trainer=ddp", "trainer.devices=auto"], r"trainer.strategy=ddp needs trainer.devices as a number of "
+                                                  r"processes per node .* got trainer.devices='auto'"),
+        (["trainer=ddp", "trainer.strategy=ddp_spawn"], r"trainer.strategy=ddp_spawn starts its processes itself; "
+                                                        r"under hydra/launcher=slurm, .* use trainer.strategy=ddp"),
+    ],
+)
+def test_the_slurm_preset_refuses_what_slurm_cannot_start_in_one_line(trainer: list[str], message: str,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    proc = _run_train(["-m", "hydra/launcher=slurm", *trainer, *TINY_DATA], tmp_path, {})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"error: hydra.launcher.tasks_per_node: " + message, line), line
 
 
 def _free_port() -> int:
@@ -176,17 +206,37 @@ def test_ddp_under_slurm_s_variables_trains_as_one_process_at_the_global_batch(
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": str(devices), "SLURM_JOB_ID": "4242",
              "SLURM_JOB_NAME": "recarena", "SLURM_NODELIST": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    tasks = [
-        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **env, **slurm, "PYTHONPATH": path, "SLURM_PROCID": str(rank),
-                              "SLURM_LOCALID": str(rank % devices), "SLURM_NODEID": str(rank // devices)})
-        for rank in range(2)
-    ]  # fmt: skip
-    outputs = [task.communicate(timeout=300) for task in tasks]
-    assert [task.returncode for task in tasks] == [0, 0], [err[-2000:] for _, err in outputs]
+    codes, _ = _slurm_tasks(args, tmp_path, {**env, **slurm}, devices)
+    assert codes == [0, 0]
     single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     result = json.loads((run_dir / "metrics.json").read_text())
     for split in ("val", "test"):
         for name, value in single[split].items():
             assert result[split][name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
+    # The same job again on its finished run dir: every task refuses it (none waits for a rank 0 that is gone).
+    codes, errors = _slurm_tasks(args, tmp_path, {**env, **slurm, "MASTER_PORT": str(_free_port())}, devices,
+                                 timeout=120)  # fmt: skip
+    assert codes == [2, 2] and all("holds a finished run" in error for error in errors), errors
+
+
+#: Variables of an enclosing job (a CI runner inside a SLURM allocation, torchrun) that would steer Lightning.
+_FOREIGN = ("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "TORCHELASTIC_", "GROUP_RANK", "NODE_RANK")
+
+
+def _slurm_tasks(args: list[str], cwd: Path, env: dict[str, str], devices: int,
+                 timeout: float = 300) -> tuple[list[int], list[str]]:  # fmt: skip
+    """Start a 2-task SLURM job's tasks (``devices`` per node) by hand; their exit codes and stderr."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    tasks = [
+        subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**base, **env, "SLURM_NNODES": str(2 // devices), "SLURM_PROCID": str(rank),
+                              "SLURM_LOCALID": str(rank % devices), "SLURM_NODEID": str(rank // devices)})
+        for rank in range(2)
+    ]  # fmt: skip
+    try:
+        errors = [task.communicate(timeout=timeout)[1] for task in tasks]
+    finally:
+        for task in tasks:
+            task.kill()
+    return [task.returncode for task in tasks], errors

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recarena.errors import ConfigError, one_line
 from recarena.paths import CONF_DIR
+from recarena.process_layout import is_distributed
 
 _ABSENT = object()
 
@@ -284,7 +285,7 @@ def config_warnings(cfg: DictConfig) -> list[str]:
     name = str(cfg.split.get("name"))
     if cfg.split.get("seed") is not None and name in SPLITTERS and not SPLITTERS[name][2]:
         warnings.append(f"split.seed={cfg.split.seed} does nothing: split={name} does not depend on a seed.")
-    if "ddp" in str(cfg.trainer.get("strategy", "")) and int(cfg.get("minibatches_per_step", 1)) != 1:
+    if is_distributed(cfg.trainer.get("strategy"), cfg.trainer.get("devices")) and int(cfg.get("minibatches_per_step", 1)) != 1:
         warnings.append(f"minibatches_per_step={cfg.minibatches_per_step} is forced to 1 under DDP (one backward "
                         "per forward of the DDP wrapper).")  # fmt: skip
     if cfg.optimizer.get("_target_", "").endswith("SparseDenseAdam") and cfg.optimizer.get("weight_decay"):

@@ -28,6 +28,7 @@ from recarena.atomic import atomic_file
 from recarena.cli_errors import exit_on_user_error
 from recarena.errors import ConfigError
 from recarena.evaluation.registry import COUNTS, METRICS, RATING_METRICS, lower_is_better
+from recarena.process_layout import process_rank
 from recarena.record import ERROR_FILE, KEYS, METRICS_FILE, METRICS_FORMAT_VERSION, config_key
 
 log = logging.getLogger(__name__)
@@ -420,7 +421,8 @@ class LeaderboardCallback(Callback):
     it is also logged to a W&B run of the sweep's group (:func:`recarena.wandb_report.log_sweep_leaderboard`)."""
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN"):
+        # Every task of a multi-task SLURM job runs the job; rank 0's writes its run dir, and the interim board.
+        if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN") and process_rank() == 0:
             self._write(config, final=False)  # md + csv only: the plots (seconds) are drawn once, at the end
 
     #: Failed jobs (their error.json) found when the last multirun ended: ``train.py`` then exits 1.

@@ -11,10 +11,11 @@
 - ``${recarena.sweep_group:}`` (``group`` in conf/train.yaml): in a multirun, a name for the sweep, so that its jobs'
   W&B runs and the sweep-end leaderboard run share one group without ``group=`` on the command line; None in a
   single run or outside Hydra (the compose API);
-- ``${recarena.processes_per_node:...}`` and ``${recarena.gpus_per_node:...}`` (``hydra/launcher=slurm``): the SLURM
-  tasks and GPUs of each node a job asks for, read from the trainer (:func:`processes_per_node`).
+- ``${recarena.tasks_per_node:...}`` and ``${recarena.gpus_per_node:...}`` (``hydra/launcher=slurm``): the SLURM
+  tasks and GPUs of each node a job asks for, read from the trainer (:func:`slurm_tasks_per_node`).
 
-Only omegaconf is imported here: ``import recarena`` stays light.
+Only omegaconf (and the torch-free :mod:`recarena.process_layout`) is imported here: ``import recarena`` stays
+light.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from recarena.process_layout import task_per_process
 
 
 def sweep_group_name(sweep_dir: str | Path) -> str:
@@ -69,29 +72,17 @@ def families() -> str:
     return ",".join(family_presets())
 
 
-def processes_per_node(strategy: Any, devices: Any) -> int:
-    """SLURM tasks per node: one per DDP process (``trainer.devices``) when the run is distributed (a DDP strategy,
-    or Lightning's ``auto`` with more than one device, which it runs as DDP), else one. Under SLURM, Lightning does
-    not start the DDP processes itself: it reads each task's rank from SLURM's variables (``SLURM_PROCID``,
-    ``SLURM_NODEID``), so the launcher must ask for one task per process."""
-    if not _distributed(strategy, devices):
-        return 1
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"hydra/launcher=slurm with trainer=ddp needs trainer.devices to be the number of processes "
-                         f"per node (an integer >= 1), got trainer.devices={devices!r}")  # fmt: skip
-    return devices
+def slurm_tasks_per_node(strategy: Any, devices: Any) -> int:
+    """SLURM tasks per node: one per process the trainer runs on a node. Under SLURM, Lightning does not start the
+    DDP processes itself: it reads each task's rank from SLURM's variables (``SLURM_PROCID``, ``SLURM_NODEID``), so
+    the launcher must ask for one task per process (:func:`recarena.process_layout.task_per_process`)."""
+    return task_per_process(strategy, devices)
 
 
-def _distributed(strategy: Any, devices: Any) -> bool:
-    if strategy is None or str(strategy) == "auto":
-        return isinstance(devices, int) and not isinstance(devices, bool) and devices > 1
-    return "ddp" in str(strategy)
-
-
-def gpus_per_node(accelerator: Any, strategy: Any, devices: Any) -> int:
-    """SLURM GPUs per node: a job on the GPU (``trainer.accelerator`` gpu or cuda) asks for one per process of the
-    node, a CPU job (or ``accelerator: auto``, which cannot say) for none."""
-    return processes_per_node(strategy, devices) if str(accelerator) in ("gpu", "cuda") else 0
+def slurm_gpus_per_node(accelerator: Any, tasks_per_node: int) -> int:
+    """SLURM GPUs per node: one per task on the GPU (``trainer.accelerator`` gpu or cuda), none on the CPU (or with
+    ``accelerator: auto``, which the config alone cannot read as either)."""
+    return int(tasks_per_node) if str(accelerator) in ("gpu", "cuda") else 0
 
 
 def register_resolvers() -> None:
@@ -99,7 +90,7 @@ def register_resolvers() -> None:
     for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group),
                            ("recarena.families", families), ("recarena.pid", os.getpid),
                            ("recarena.metric_mode", metric_mode), ("recarena.sweep", sweep),
-                           ("recarena.processes_per_node", processes_per_node),
-                           ("recarena.gpus_per_node", gpus_per_node)):
+                           ("recarena.tasks_per_node", slurm_tasks_per_node),
+                           ("recarena.gpus_per_node", slurm_gpus_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -37,6 +37,7 @@ from recarena.data.datamodule import MovieLensDataModule
 from recarena.display import print_metrics, print_stats
 from recarena.errors import USER_ERRORS, ConfigError, one_line
 from recarena.inference import Run, load_run
+from recarena.process_layout import processes_per_node
 from recarena.record import ERROR_FILE, METRICS_FILE, METRICS_FORMAT_VERSION, config_key, is_finished
 from recarena.run_config import run_hyperparameters
 from recarena.rundir import SHARED_RUN_DATA, clear_run_dir, same_config, save_run_data
@@ -129,7 +130,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     if main_process:
         for line in config_warnings(cfg):
             log.warning(line)
-    threads = job_threads(cfg.get("threads", AUTO), job.launcher)
+    threads = job_threads(cfg.get("threads", AUTO), job.launcher, _local_processes(cfg))
     use_threads(threads)
     output_dir = Path(output_dir or job.output_dir or tempfile.mkdtemp(prefix="recarena-"))
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +158,14 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     return result
 
 
+def _local_processes(cfg: DictConfig) -> int:
+    """Processes the trainer runs on this machine (DDP's, sharing its cores); 1 where the config cannot say."""
+    try:
+        return processes_per_node(cfg.trainer.get("strategy"), cfg.trainer.get("devices"))
+    except ValueError:
+        return 1
+
+
 def _build(cfg: DictConfig, output_dir: Path, job: Job, threads: int,
            verbose: bool) -> tuple[MovieLensDataModule, L.LightningModule, L.Trainer, EpochTimer]:  # fmt: skip
     """The datamodule (its split made or read from the cache), the family and the trainer; the resolved config
@@ -170,7 +179,8 @@ def _build(cfg: DictConfig, output_dir: Path, job: Job, threads: int,
     model = build_model(cfg, dm)
     timer = EpochTimer()
     trainer = build_trainer(cfg, output_dir, timer)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     _log_run_config(cfg, job, trainer, model, dm, output_dir, threads)
     return dm, model, trainer, timer
 
@@ -351,9 +361,10 @@ def _claim_run_dir(cfg: DictConfig, output_dir: Path, multirun: bool) -> dict[st
     multirun whose job there finished with the same resolved config: the rerun sweep skips it and returns its
     metrics (resuming a sweep). A run that resumes from a checkpoint (``ckpt_path``) continues the dir's run;
     otherwise an earlier run's artefacts are removed, so that nothing of two runs is mixed."""
-    # A DDP worker re-runs train() while rank 0 trains: the dir is rank 0's. A resumed (or continued) run's
-    # checkpoints and files are its own.
-    if rank_zero_only.rank != 0 or cfg.get("ckpt_path"):
+    # A resumed (or continued) run's checkpoints and files are its own. Every DDP process decides from the dir as
+    # it finds it, so that all skip or refuse alike: under SLURM a job's tasks all start at once, and one that went
+    # on alone would wait for rank 0 in DDP's rendezvous until its timeout. Only rank 0 clears the dir.
+    if cfg.get("ckpt_path"):
         return None
     if is_finished(output_dir) and not cfg.get("overwrite", False):
         if multirun and same_config(output_dir, OmegaConf.to_container(cfg, resolve=True)):
@@ -364,7 +375,8 @@ def _claim_run_dir(cfg: DictConfig, output_dir: Path, multirun: bool) -> dict[st
             f"{key}: {output_dir} holds a finished run (metrics.json){which}: choose another {key}, or add "
             "overwrite=true to replace it."
         )
-    clear_run_dir(output_dir)
+    if rank_zero_only.rank == 0:
+        clear_run_dir(output_dir)
     return None
 
 

@@ -1,4 +1,5 @@
-"""What ``train.py`` checks on its command line before Hydra runs it: that the overrides compose. Hydra's own
+"""What ``train.py`` checks on its command line before Hydra runs it: that the overrides compose (and that a
+launcher's keys derived from the trainer resolve). Hydra's own
 errors for an unknown option (``model=no_such_model``) or a mistyped key (``optimzer.lr=1``) span several lines
 and exit with 1; here they become the project's one line and exit code 2, like every other user error.
 """
@@ -11,9 +12,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError
 
 from recarena.errors import ConfigError
 from recarena.paths import CONF_DIR
+from recarena.resolvers import register_resolvers
 
 #: Flags that choose another primary config, take a value that is not an override, or run nothing: the check
 #: stands aside.
@@ -33,11 +37,35 @@ def check_overrides(argv: Sequence[str]) -> None:
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name="train", overrides=fixed, return_hydra_config=True)
+            cfg = compose(config_name="train", overrides=fixed, return_hydra_config=True)
     except HydraException as error:
         raise ConfigError(one_line(error)) from None
     finally:
         GlobalHydra.instance().clear()
+    check_launcher_layout(cfg)
+
+
+#: Launcher keys that conf/hydra/launcher/ presets derive from the trainer (resolved when the sweep launches).
+DERIVED_LAUNCHER_KEYS = ("nodes", "tasks_per_node", "gpus_per_node")
+
+
+def check_launcher_layout(cfg: DictConfig) -> None:
+    """Resolve the launcher's keys derived from the trainer now, so that one the trainer cannot give (the SLURM
+    preset with ``trainer.devices=auto`` under DDP) is one line before the sweep starts, not a traceback from it."""
+    register_resolvers()
+    launcher = cfg.hydra.get("launcher") or {}
+    for key in (k for k in DERIVED_LAUNCHER_KEYS if k in launcher):
+        try:
+            launcher[key]
+        except InterpolationResolutionError as error:
+            raise ConfigError(f"hydra.launcher.{key}: {_innermost(error)}") from None
+
+
+def _innermost(error: BaseException) -> str:
+    """The message of the exception that started a chain (a resolver's own ValueError), on one line."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    return str(error).splitlines()[0]
 
 
 def one_line(error: HydraException) -> str:

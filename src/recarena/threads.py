@@ -11,7 +11,9 @@ at once, read from the launcher's own config keys (an ``OMP_NUM_THREADS`` in the
   one, as joblib counts);
 - ``cpus_per_task`` (the submitit launchers): the cores the launcher gives each job; when unset, 1, since
   ``submitit_local`` starts every job of the sweep at once;
-- neither (Hydra's basic launcher, one job at a time, or no Hydra at all): every available core.
+- neither (Hydra's basic launcher, one job at a time, or no Hydra at all): every available core;
+
+and, outside submitit, divides a job's share among the DDP processes Lightning starts for it on this machine.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def concurrent_jobs(n_jobs: int, cores: int) -> int:
     return n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1)
 
 
-def job_threads(setting: Any, launcher: Mapping[str, Any] | None = None) -> int:
-    """Threads for one job: ``setting`` itself when a number, else (``auto``) this job's share of the cores."""
+def job_threads(setting: Any, launcher: Mapping[str, Any] | None = None, processes: int = 1) -> int:
+    """Threads for one process of a job: ``setting`` itself when a number, else (``auto``) its share of the cores.
+    ``processes``: the DDP processes Lightning starts on this machine for the job, which share its cores (under
+    submitit each process is a task with its own ``cpus_per_task``)."""
     if setting != AUTO:
         return int(setting)
     if (env := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(env) > 0:
@@ -46,9 +50,8 @@ def job_threads(setting: Any, launcher: Mapping[str, Any] | None = None) -> int:
     cores = available_cores()
     if "cpus_per_task" in launcher:
         return int(launcher["cpus_per_task"] or 1)
-    if launcher.get("n_jobs") is not None:
-        return max(cores // concurrent_jobs(int(launcher["n_jobs"]), cores), 1)
-    return cores
+    jobs = concurrent_jobs(int(launcher["n_jobs"]), cores) if launcher.get("n_jobs") is not None else 1
+    return max(cores // (jobs * max(processes, 1)), 1)
 
 
 def use_threads(n: int) -> None:

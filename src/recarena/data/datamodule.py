@@ -100,7 +100,8 @@ class MovieLensDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
-        """Download and parse once (rank 0 only under DDP); ``setup`` then reads the cache."""
+        """Download and parse into the cache (atomic writes: DDP processes that do it at once leave one copy);
+        ``setup`` then reads the cache."""
         load_corpus(self.data_cfg)
 
     def setup(self, stage: str | None = None) -> None:
