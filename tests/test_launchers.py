@@ -68,6 +68,14 @@ def test_auto_threads_share_a_job_s_cores_among_its_ddp_processes(
     assert threads.job_threads("auto", launcher, processes) == expected
 
 
+def test_in_a_joblib_worker_the_job_s_ddp_processes_split_joblib_s_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """joblib's workers carry OMP_NUM_THREADS = cores // n_jobs, the job's share: its DDP processes split it. Set
+    by a user outside joblib, OMP_NUM_THREADS is each process's own limit, as torch reads it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert threads.job_threads("auto", {"n_jobs": 2}, 2) == 2
+    assert threads.job_threads("auto", {}, 2) == 4
+
+
 def test_use_threads_limits_torch_and_blas() -> None:
     before = torch.get_num_threads()
     try:

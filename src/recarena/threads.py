@@ -44,14 +44,17 @@ def job_threads(setting: Any, launcher: Mapping[str, Any] | None = None, process
     submitit each process is a task with its own ``cpus_per_task``)."""
     if setting != AUTO:
         return int(setting)
-    if (env := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(env) > 0:
-        return int(env)  # the user's (or joblib's worker) limit, as torch itself would read it
     launcher = launcher or {}
+    processes = max(processes, 1)
+    if (env := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(env) > 0:
+        # The user's limit per process, as torch itself reads it; in a joblib worker, joblib's share for the job,
+        # which the job's own DDP processes (children of the worker) split.
+        return max(int(env) // processes, 1) if launcher.get("n_jobs") is not None else int(env)
     cores = available_cores()
     if "cpus_per_task" in launcher:
         return int(launcher["cpus_per_task"] or 1)
     jobs = concurrent_jobs(int(launcher["n_jobs"]), cores) if launcher.get("n_jobs") is not None else 1
-    return max(cores // (jobs * max(processes, 1)), 1)
+    return max(cores // (jobs * processes), 1)
 
 
 def use_threads(n: int) -> None:
