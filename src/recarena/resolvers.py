@@ -12,7 +12,8 @@
   W&B runs and the sweep-end leaderboard run share one group without ``group=`` on the command line; None in a
   single run or outside Hydra (the compose API);
 - ``${recarena.tasks_per_node:...}`` and ``${recarena.gpus_per_node:...}`` (``hydra/launcher=slurm``): the SLURM
-  tasks and GPUs of each node a job asks for, read from the trainer (:func:`slurm_tasks_per_node`).
+  tasks and GPUs of each node a job asks for, read from the trainer (:func:`recarena.process_layout.task_per_process`: under SLURM
+  Lightning reads each task's rank from SLURM's variables, so SLURM must start one task per process).
 
 Only omegaconf (and the torch-free :mod:`recarena.process_layout`) is imported here: ``import recarena`` stays
 light.
@@ -72,13 +73,6 @@ def families() -> str:
     return ",".join(family_presets())
 
 
-def slurm_tasks_per_node(strategy: Any, devices: Any) -> int:
-    """SLURM tasks per node: one per process the trainer runs on a node. Under SLURM, Lightning does not start the
-    DDP processes itself: it reads each task's rank from SLURM's variables (``SLURM_PROCID``, ``SLURM_NODEID``), so
-    the launcher must ask for one task per process (:func:`recarena.process_layout.task_per_process`)."""
-    return task_per_process(strategy, devices)
-
-
 def slurm_gpus_per_node(accelerator: Any, tasks_per_node: int) -> int:
     """SLURM GPUs per node: one per task on the GPU (``trainer.accelerator`` gpu or cuda), none on the CPU (or with
     ``accelerator: auto``, which the config alone cannot read as either)."""
@@ -90,7 +84,7 @@ def register_resolvers() -> None:
     for name, resolver in (("recarena.optuna_direction", optuna_direction), ("recarena.sweep_group", sweep_group),
                            ("recarena.families", families), ("recarena.pid", os.getpid),
                            ("recarena.metric_mode", metric_mode), ("recarena.sweep", sweep),
-                           ("recarena.tasks_per_node", slurm_tasks_per_node),
+                           ("recarena.tasks_per_node", task_per_process),
                            ("recarena.gpus_per_node", slurm_gpus_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
