@@ -9,6 +9,7 @@ LightningModule and the trainer (what ``train()`` fits and ``load_run`` rebuilds
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,23 @@ from recarena.random_state import RandomState
 from recarena.resolvers import register_resolvers
 from recarena.timing import EpochTimer
 from recarena.validation_record import ValidationRecord
+
+# Lightning warnings that do not apply to the trainers built here, silenced so that real ones stand out (in runs
+# and in the benches that build their trainer with build_trainer):
+# - our loaders cut batches from in-memory tensors in the main process on purpose (workers would copy them);
+# - evaluation metrics are reduced across processes by torchmetrics already, not by self.log(sync_dist=True);
+# - the training loss is logged per epoch, so a short epoch below log_every_n_steps loses nothing;
+# - a deprecation inside Lightning's own pytree helper (Lightning 2.6 on torch >= 2.10).
+for _message in (
+    ".*does not have many workers.*",
+    ".*sync_dist=True.*",
+    ".*smaller than the logging interval.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*litlogger.*",
+    # families fitted by exact sweeps (iALS, loss=als) have no optimiser on purpose.
+    ".*configure_optimizers. returned .None.*",
+):
+    warnings.filterwarnings("ignore", message=_message)
 
 #: ``${hydra:runtime.output_dir}`` and friends in conf/: under ``@hydra.main`` Hydra's global job config answers
 #: them; :func:`compose` replaces them by the values of the config's own ``hydra`` node instead.

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -47,21 +46,6 @@ from recarena.validation_record import ValidationRecord
 
 log = logging.getLogger(__name__)
 
-# Lightning warnings that do not apply to recarena, silenced so that real ones stand out:
-# - our loaders cut batches from in-memory tensors in the main process on purpose (workers would copy them);
-# - evaluation metrics are reduced across processes by torchmetrics already, not by self.log(sync_dist=True);
-# - the training loss is logged per epoch, so a short epoch below log_every_n_steps loses nothing;
-# - a deprecation inside Lightning's own pytree helper (Lightning 2.6 on torch >= 2.10).
-for _message in (
-    ".*does not have many workers.*",
-    ".*sync_dist=True.*",
-    ".*smaller than the logging interval.*",
-    ".*isinstance\\(treespec, LeafSpec\\).*",
-    ".*litlogger.*",
-    # families fitted by exact sweeps (iALS, loss=als) have no optimiser on purpose.
-    ".*configure_optimizers. returned .None.*",
-):
-    warnings.filterwarnings("ignore", message=_message)
 # Lightning has its own console handler; without this Hydra's root handler prints each of its lines twice.
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).propagate = False
