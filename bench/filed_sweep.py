@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recarena.threads import available_cores
+
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = Path(__file__).resolve().parent / "filed_sweep_conf"
 PREFIX = "f904b75_"
@@ -170,7 +172,7 @@ def arguments() -> argparse.Namespace:
     before.add_argument("--before", type=Path, help="a checkout of f904b75: run its sweep first, serially")
     before.add_argument("--before-dir", type=Path, help="a finished sweep dir of f904b75's to compare with")
     parser.add_argument("--before-threads", type=int, default=1, help="threads of the before sweep (the issue: 1)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs at once in today's sweep")
+    parser.add_argument("--jobs", type=int, default=available_cores(), help="jobs at once in today's sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="seeds of both sweeps")
     parser.add_argument("--out", type=Path, help="an empty or new dir for the sweeps (default: a temporary dir)")
     return parser.parse_args()
@@ -189,7 +191,7 @@ def main() -> None:
     """Run the before sweep (if asked), then the after sweep, and compare them."""
     args = arguments()
     out = fresh_dir(args.out)
-    print(f"{os.cpu_count()} cores; {len(families())} filed presets x {len(args.seeds)} seeds; sweeps under {out}")
+    print(f"{available_cores()} cores; {len(families())} filed presets x {len(args.seeds)} seeds; sweeps under {out}")
     before_dir, before_s = args.before_dir, None
     if args.before is not None:
         checkout, before_dir = args.before.resolve(), out / "before"

@@ -28,6 +28,24 @@ from recarena.resolvers import register_resolvers
 from recarena.timing import EpochTimer
 from recarena.validation_record import ValidationRecord
 
+#: Lightning warnings that do not apply to recarena's trainers, silenced when this module is imported (by runs and by
+#: the benches, whether they build their trainer here or by hand) so that real ones stand out:
+#: - our loaders cut batches from in-memory tensors in the main process on purpose (workers would copy them);
+#: - evaluation metrics are reduced across processes by torchmetrics already, not by self.log(sync_dist=True);
+#: - the training loss is logged per epoch, so a short epoch below log_every_n_steps loses nothing;
+#: - a deprecation inside Lightning's own pytree helper (Lightning 2.6 on torch >= 2.10);
+#: - families fitted by exact sweeps (iALS, loss=als) have no optimiser on purpose.
+NOT_FOR_US = (
+    ".*does not have many workers.*",
+    ".*sync_dist=True.*",
+    ".*smaller than the logging interval.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*litlogger.*",
+    ".*configure_optimizers. returned .None.*",
+)
+for _message in NOT_FOR_US:  # once, on import: every trainer of a run or a bench is built after it
+    warnings.filterwarnings("ignore", message=_message)
+
 #: ``${hydra:runtime.output_dir}`` and friends in conf/: under ``@hydra.main`` Hydra's global job config answers
 #: them; :func:`compose` replaces them by the values of the config's own ``hydra`` node instead.
 _HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")
@@ -69,28 +87,7 @@ def build_model(cfg: DictConfig, dm: MovieLensDataModule) -> L.LightningModule:
     )
 
 
-#: Lightning warnings that do not apply to the trainers built here, silenced so that real ones stand out:
-#: - our loaders cut batches from in-memory tensors in the main process on purpose (workers would copy them);
-#: - evaluation metrics are reduced across processes by torchmetrics already, not by self.log(sync_dist=True);
-#: - the training loss is logged per epoch, so a short epoch below log_every_n_steps loses nothing;
-#: - a deprecation inside Lightning's own pytree helper (Lightning 2.6 on torch >= 2.10);
-#: - families fitted by exact sweeps (iALS, loss=als) have no optimiser on purpose.
-NOT_FOR_US = (
-    ".*does not have many workers.*",
-    ".*sync_dist=True.*",
-    ".*smaller than the logging interval.*",
-    ".*isinstance\\(treespec, LeafSpec\\).*",
-    ".*litlogger.*",
-    ".*configure_optimizers. returned .None.*",
-)
-
-
 def build_trainer(cfg: DictConfig, output_dir: Path, timer: EpochTimer) -> L.Trainer:
-    """The run's Trainer, with the callbacks every run has, and Lightning's :data:`NOT_FOR_US` warnings silenced
-    (where a trainer is built, so runs and the benches that build theirs here print only warnings that apply;
-    ``filterwarnings`` replaces an identical filter, so building several trainers adds none)."""
-    for message in NOT_FOR_US:
-        warnings.filterwarnings("ignore", message=message)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
