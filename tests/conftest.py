@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from recarena import paths, threads
-from recarena.build import compose
+from recarena.build import NOT_FOR_US, compose
 from recarena.checks import family_presets
 
 if TYPE_CHECKING:
@@ -45,6 +46,15 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     the plain-Python entry point users have (its ``hydra`` node carries the job's overrides and chosen options to
     ``train()``; nothing global is set)."""
     return compose(*overrides, output_dir=output_dir)
+
+
+@pytest.fixture(autouse=True)
+def _lightning_warnings_as_in_a_run() -> None:
+    """The Lightning warnings a run silences (``recarena.build.NOT_FOR_US``, set when ``recarena.build`` is imported)
+    are silenced in each test too: pytest restores its own warning filters around every test, which drops filters
+    set at import time, and the warnings that do apply would be lost among the ones that do not."""
+    for message in NOT_FOR_US:
+        warnings.filterwarnings("ignore", message=message)
 
 
 @pytest.fixture(autouse=True)
